@@ -1,0 +1,68 @@
+"""Input checks shared by every public function: bad input raises a `ValueError` that says what
+was expected and what was received, instead of broadcasting into a silently wrong number."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def check_tensor(x, name: str, *, ndim: int | None = None, floating: bool = False) -> torch.Tensor:
+    """`x` must be a torch tensor (with `ndim` dimensions, and floating point if asked)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {tuple(x.shape)}")
+    if floating and not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def check_same_shape(**tensors: torch.Tensor) -> None:
+    """All named tensors must share one shape: `check_same_shape(logprobs=a, mask=m)`."""
+    items = list(tensors.items())
+    for name, t in items:
+        check_tensor(t, name)
+    first_name, first = items[0]
+    for name, t in items[1:]:
+        if t.shape != first.shape:
+            raise ValueError(
+                f"{name} must have the same shape as {first_name} {tuple(first.shape)}, "
+                f"got {tuple(t.shape)}"
+            )
+
+
+def as_float_mask(mask: torch.Tensor, like: torch.Tensor, name: str = "mask") -> torch.Tensor:
+    """A mask (bool or 0/1 numbers) of `like`'s shape, returned in `like`'s float dtype."""
+    check_tensor(mask, name)
+    if mask.shape != like.shape:
+        raise ValueError(f"{name} must have shape {tuple(like.shape)}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        bad = (mask != 0) & (mask != 1)
+        if bool(bad.any()):
+            raise ValueError(f"{name} must hold only 0/1 (or True/False) values")
+    return mask.to(like.dtype)
+
+
+def check_probability_vector(p: torch.Tensor, name: str = "probs", atol: float = 1e-5) -> torch.Tensor:
+    """Non-negative entries that sum to one over the last dimension."""
+    check_tensor(p, name, floating=True)
+    if p.ndim == 0 or p.shape[-1] == 0:
+        raise ValueError(f"{name} must have a non-empty last dimension, got shape {tuple(p.shape)}")
+    if bool((p < 0).any()) or not bool(torch.isfinite(p).all()):
+        raise ValueError(f"{name} must hold finite, non-negative probabilities")
+    s = p.sum(-1)
+    if not torch.allclose(s, torch.ones_like(s), atol=atol):
+        raise ValueError(f"{name} must sum to 1 over its last dimension, got sums {s.flatten()[:4].tolist()}")
+    return p
+
+
+def check_finite(value, name: str, threshold: float | None = None) -> None:
+    """Stop a training loop on a NaN/inf statistic, or one whose magnitude passes `threshold`."""
+    v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    if not math.isfinite(v):
+        raise FloatingPointError(f"{name} is {v}: training stopped (expected a finite value)")
+    if threshold is not None and abs(v) > threshold:
+        raise FloatingPointError(
+            f"{name} = {v:.4g} exceeds its threshold {threshold:.4g}: training stopped"
+        )

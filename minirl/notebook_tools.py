@@ -1,0 +1,45 @@
+"""Execute lesson notebooks top to bottom in a fresh kernel, in place, and time them.
+
+    python -m minirl.notebook_tools notebooks/01_bandits_reinforce.ipynb [more.ipynb ...]
+
+This is how the committed outputs are produced (and how the README's runtimes are measured):
+a fresh kernel, the notebook's own folder as the working directory, the hub switched off.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def execute(path, timeout: int = 600) -> float:
+    """Run the notebook at `path` in a fresh kernel, save it with its outputs; return seconds."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    client = NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    )
+    t0 = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - t0
+    nbformat.write(nb, path)
+    return seconds
+
+
+def main(argv=None) -> int:
+    paths = argv if argv is not None else sys.argv[1:]
+    if not paths:
+        print(__doc__)
+        return 2
+    for p in paths:
+        print(f"{p}: {execute(p):.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

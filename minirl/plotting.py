@@ -1,0 +1,50 @@
+"""The house plotting style and `save_figure`, which writes lesson figures to `figures/`."""
+from __future__ import annotations
+
+import matplotlib
+import matplotlib.pyplot as plt
+
+from .paths import FIGURES_DIR
+
+DPI = 90  # modest: figures are committed and shown in the README
+
+COLORS = {
+    "policy": "#1f77b4",
+    "reference": "#7f7f7f",
+    "optimum": "#d62728",
+    "baseline": "#2ca02c",
+    "k1": "#1f77b4",
+    "k2": "#ff7f0e",
+    "k3": "#2ca02c",
+}
+
+
+def use_style() -> None:
+    """Apply the course style: light grid, no top/right spines, readable font sizes."""
+    matplotlib.rcParams.update(
+        {
+            "figure.figsize": (6.4, 3.8),
+            "figure.dpi": DPI,
+            "savefig.dpi": DPI,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "font.size": 10,
+            "axes.titlesize": 11,
+            "legend.frameon": False,
+        }
+    )
+
+
+def save_figure(fig, name: str, dpi: int = DPI):
+    """Save `fig` as `figures/<name>.png` (tight bounding box, modest dpi) and return the path.
+
+    Prints nothing, so the saving cell's checked output stays the same on every machine.
+    """
+    if not name or "/" in name or name.endswith(".png"):
+        raise ValueError(f"save_figure expects a bare name like '01_reinforce', got {name!r}")
+    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+    path = FIGURES_DIR / f"{name}.png"
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path

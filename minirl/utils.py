@@ -1,0 +1,62 @@
+"""Seeding, device selection and quiet progress bars: the conventions every lesson uses."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and torch, and return a fresh `torch.Generator` seeded with `seed`.
+
+    Lessons pass the returned generator to every random draw they make themselves
+    (`torch.randn(..., generator=g)`), so a cell's randomness does not depend on what ran before.
+    """
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def get_device(prefer: str | None = None) -> torch.device:
+    """The device to run on: `prefer` if given, else CUDA if available, else CPU.
+
+    CPU lessons call `get_device("cpu")` so that their printed numbers match the committed outputs.
+    """
+    if prefer is not None:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def progress(iterable=None, **kwargs):
+    """A `tqdm` progress bar that stays out of checked notebook outputs.
+
+    Bars are shown only when stderr is a terminal (scripts run by hand) or when the environment
+    variable `MINIRL_PROGRESS=1` asks for them. In Jupyter and under nbval they are off, because
+    nbval compares stderr and a bar's timings differ on every run.
+    """
+    from tqdm.auto import tqdm
+
+    show = os.environ.get("MINIRL_PROGRESS") == "1" or (
+        hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    )
+    kwargs.setdefault("disable", not show)
+    return tqdm(iterable, **kwargs)
+
+
+@contextmanager
+def timer(results: dict | None = None, key: str = "seconds"):
+    """Measure wall time of a block: `with timer(d, "gen"): ...` adds the seconds to `d["gen"]`."""
+    t0 = time.perf_counter()
+    out = {} if results is None else results
+    try:
+        yield out
+    finally:
+        out[key] = out.get(key, 0.0) + time.perf_counter() - t0

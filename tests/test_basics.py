@@ -1,0 +1,65 @@
+"""Conventions: paths, seeding, masks, checks, save_figure."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from minirl import checks, masks, paths, plotting, utils
+
+
+def test_paths_are_repo_relative():
+    assert (paths.REPO_ROOT / "pyproject.toml").exists()
+    assert paths.DATA_DIR == paths.REPO_ROOT / "data"
+    assert paths.relative(paths.FIGURES_DIR / "x.png") == "figures/x.png"
+
+
+def test_seed_everything_is_reproducible():
+    g1 = utils.seed_everything(7)
+    a = torch.randn(3, generator=g1), torch.randn(3)
+    g2 = utils.seed_everything(7)
+    b = torch.randn(3, generator=g2), torch.randn(3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_masked_reductions():
+    x = torch.tensor([[1.0, 2.0, 100.0], [3.0, 4.0, 100.0]])
+    m = torch.tensor([[1, 1, 0], [1, 1, 0]])
+    assert masks.masked_mean(x, m).item() == 2.5
+    assert masks.masked_sum(x, m).item() == 10.0
+    assert masks.masked_var(x, m).item() == pytest.approx(torch.tensor([1.0, 2, 3, 4]).var().item())
+    torch.testing.assert_close(masks.masked_mean(x, m, dim=1), torch.tensor([1.5, 3.5]))
+    with pytest.raises(ValueError, match="0/1"):
+        masks.masked_mean(x, m * 2)
+    with pytest.raises(ValueError, match="shape"):
+        masks.masked_mean(x, m[:, :2])
+
+
+def test_checks():
+    with pytest.raises(ValueError, match="sum to 1"):
+        checks.check_probability_vector(torch.tensor([0.2, 0.2]))
+    with pytest.raises(ValueError, match="non-negative"):
+        checks.check_probability_vector(torch.tensor([1.5, -0.5]))
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        checks.check_finite(float("nan"), "loss")
+    with pytest.raises(FloatingPointError, match="threshold"):
+        checks.check_finite(torch.tensor(50.0), "approx_kl", threshold=10)
+    checks.check_finite(1.0, "ok", threshold=10)
+
+
+def test_save_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(plotting, "FIGURES_DIR", tmp_path)
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    p = plotting.save_figure(fig, "test_fig")
+    assert p == tmp_path / "test_fig.png" and p.stat().st_size > 0
+    with pytest.raises(ValueError):
+        plotting.save_figure(fig, "x.png")
+    plt.close(fig)
+
+
+def test_progress_is_quiet_off_terminal(capsys):
+    bar = utils.progress(range(3))
+    assert list(bar) == [0, 1, 2]
+    assert bar.disable  # pytest's stderr is not a terminal
