@@ -9,5 +9,6 @@ names the lesson that derives it.
     bandit      K-armed bandit, softmax policy, the KL-regularized optimum        (lesson 01)
     kl          k1/k2/k3 estimators, exact categorical KL, KL controllers         (lessons 02, 08)
     losses      REINFORCE, PPO, Bradley-Terry, DPO family, GRPO family           (lessons 01, 04-13)
+    lm          per-token log-probs, entropy, generation for any causal LM        (lessons 03, 04)
 """
 __version__ = "0.1.0"
