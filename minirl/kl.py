@@ -98,3 +98,77 @@ class AdaptiveKLController:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference quantities used by lesson 02 (and by tests): closed forms for the Gaussian example
+# and exact, enumerated expected gradients of the estimators on categoricals.
+
+
+def gaussian_estimator_moments(mu: float) -> dict[str, tuple[float, float]]:
+    """Closed-form (mean, stdev) of k1, k2, k3 for q = N(0, 1), p = N(mu, 1), x ~ q.
+
+    Here log r = log p(x) - log q(x) = mu x - mu^2 / 2 and the target is KL(q || p) = mu^2 / 2
+    (returned under the key "kl" as (mu^2 / 2, 0.0)). Derived in notebooks/02_kl_estimators.ipynb:
+        k1: mean mu^2/2,           stdev mu
+        k2: mean mu^2/2 + mu^4/8,  stdev (mu^2/2) sqrt(mu^2 + 2)
+        k3: mean mu^2/2,           stdev sqrt(exp(mu^2) - 1 - mu^2)
+    These reproduce the table of J. Schulman, "Approximating KL divergence" (2020).
+    """
+    import math
+
+    mu = float(mu)
+    if not math.isfinite(mu) or mu == 0.0:
+        raise ValueError(f"mu must be a finite non-zero mean shift, got {mu}")
+    true = mu**2 / 2
+    return {
+        "kl": (true, 0.0),
+        "k1": (true, abs(mu)),
+        "k2": (true + mu**4 / 8, true * math.sqrt(mu**2 + 2)),
+        "k3": (true, math.sqrt(math.expm1(mu**2) - mu**2)),
+    }
+
+
+def expected_estimator_gradient(estimator, logits_q: torch.Tensor, logits_p: torch.Tensor, mode: str = "loss") -> torch.Tensor:
+    """Exact expected gradient (w.r.t. logits_q) of a KL estimator used one of two ways, by enumeration.
+
+    q = softmax(logits_q) is the sampling policy (pi_theta), p = softmax(logits_p) is fixed (pi_ref),
+    log_r(x) = log p(x) - log q(x), and x ~ q is enumerated over the last dimension V.
+        mode="loss":   E_q[ grad k(log_r(x)) ]            the estimator in the loss, differentiated
+                                                          through log q with the samples held fixed
+                                                          (GRPO puts k3 in its loss this way)
+        mode="reward": E_q[ stopgrad(k(log_r(x))) grad log q(x) ]   the estimator as a (negative)
+                                                          reward, score-function / REINFORCE gradient
+    Both are descent directions for the quantity the estimator stands for (minimizing a KL penalty).
+    Results lesson 02 derives and tests/test_kl.py checks: loss-k1 = 0; loss-k2 = reward-k1 =
+    grad KL(q || p); loss-k3 = grad KL(p || q) (the reverse direction); reward-k3 = grad KL(q || p)
+    - grad KL(p || q).
+
+    estimator: elementwise function of log_r (e.g. `k1`, `k2`, `k3`). logits_q, logits_p: (..., V),
+    same shape, floating point; leading dimensions are independent distributions. Returns (..., V).
+    """
+    check_tensor(logits_q, "logits_q", floating=True)
+    check_tensor(logits_p, "logits_p", floating=True)
+    if logits_q.shape != logits_p.shape:
+        raise ValueError(
+            f"logits_q and logits_p must have the same shape, got {tuple(logits_q.shape)} "
+            f"and {tuple(logits_p.shape)}"
+        )
+    if logits_q.ndim == 0 or logits_q.shape[-1] == 0:
+        raise ValueError("logits must have a non-empty last (vocabulary) dimension")
+    if mode not in ("loss", "reward"):
+        raise ValueError(f"mode must be 'loss' or 'reward', got {mode!r}")
+    if not callable(estimator):
+        raise ValueError(f"estimator must be a function of log_r such as minirl.kl.k3, got {type(estimator).__name__}")
+    with torch.enable_grad():
+        theta = logits_q.detach().clone().requires_grad_(True)
+        log_q = torch.log_softmax(theta, dim=-1)  # (..., V)
+        log_p = torch.log_softmax(logits_p.detach(), dim=-1)  # (..., V)
+        weights = log_q.detach().exp()  # q(x): the expectation's weights, held fixed
+        k = estimator(log_p - log_q)  # (..., V) the estimator's value at every x
+        if mode == "loss":
+            surrogate = (weights * k).sum()
+        else:
+            surrogate = (weights * k.detach() * log_q).sum()
+        (grad,) = torch.autograd.grad(surrogate, theta)
+    return grad

@@ -99,3 +99,96 @@ def test_adaptive_controller_clips_error_and_fixed_controller():
         c.update(float("nan"), 10)
     with pytest.raises(ValueError):
         kl.AdaptiveKLController(0.0, 6, 10000)
+
+
+# --- lesson 02 helpers: Gaussian closed forms and exact expected gradients -------------------
+
+
+@pytest.mark.parametrize("mu", [0.1, 1.0, 2.0])
+def test_gaussian_estimator_moments_match_quadrature(mu):
+    """The closed forms against Gauss-Hermite quadrature (exact for polynomials, tight for exp)."""
+    import numpy as np
+
+    nodes, w = np.polynomial.hermite_e.hermegauss(80)  # E_{x~N(0,1)}[f] = sum w f(x) / sqrt(2 pi)
+    w = w / math.sqrt(2 * math.pi)
+    log_r = torch.tensor(mu * nodes - mu**2 / 2)
+    moments = kl.gaussian_estimator_moments(mu)
+    assert moments["kl"] == (mu**2 / 2, 0.0)
+    for name, f in (("k1", kl.k1), ("k2", kl.k2), ("k3", kl.k3)):
+        v = f(log_r).numpy()
+        mean = float((w * v).sum())
+        std = math.sqrt(float((w * (v - mean) ** 2).sum()))
+        assert moments[name][0] == pytest.approx(mean, rel=1e-10)
+        assert moments[name][1] == pytest.approx(std, rel=1e-8)
+
+
+def test_gaussian_moments_reproduce_schulman_table():
+    for mu, rows in {0.1: {"k2": (0.0025, 1.4177), "k3": (0.0, 1.4166)},
+                     1.0: {"k2": (0.25, 1.7321), "k3": (0.0, 1.6950)}}.items():
+        m = kl.gaussian_estimator_moments(mu)
+        true = mu**2 / 2
+        assert m["k1"][1] / true == pytest.approx(2 / mu)
+        for name, (bias, sd) in rows.items():
+            assert (m[name][0] - true) / true == pytest.approx(bias, abs=1e-12)
+            assert m[name][1] / true == pytest.approx(sd, abs=1e-4)
+    with pytest.raises(ValueError, match="non-zero"):
+        kl.gaussian_estimator_moments(0.0)
+
+
+def _autograd_kl_grads(theta, ref):
+    t = theta.clone().requires_grad_(True)
+    fwd = torch.autograd.grad(kl.categorical_kl(t, ref).sum(), t)[0]  # grad KL(q || p)
+    t = theta.clone().requires_grad_(True)
+    rev = torch.autograd.grad(kl.categorical_kl(ref, t).sum(), t)[0]  # grad KL(p || q)
+    return fwd, rev
+
+
+def test_expected_estimator_gradients_identities():
+    g = torch.Generator().manual_seed(3)
+    theta = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    ref = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    fwd, rev = _autograd_kl_grads(theta, ref)
+    grad = kl.expected_estimator_gradient
+    torch.testing.assert_close(grad(kl.k1, theta, ref, "reward"), fwd)  # REINFORCE with k1
+    torch.testing.assert_close(grad(kl.k2, theta, ref, "loss"), fwd)  # k2 in the loss
+    torch.testing.assert_close(grad(kl.k3, theta, ref, "loss"), rev)  # k3 in the loss: reverse KL
+    torch.testing.assert_close(grad(kl.k1, theta, ref, "loss"), torch.zeros_like(fwd))  # score has mean 0
+    torch.testing.assert_close(grad(kl.k3, theta, ref, "reward"), fwd - rev)
+    # the directions differ away from p = q, so the k3 identity is not a tautology
+    assert (fwd - rev).abs().max() > 0.05
+    # score-function + pathwise = the gradient of E_q[k] (the forward KL for unbiased k1, k3)
+    for est in (kl.k1, kl.k3):
+        torch.testing.assert_close(grad(est, theta, ref, "reward") + grad(est, theta, ref, "loss"), fwd)
+
+
+def test_expected_estimator_gradient_at_reference_and_errors():
+    theta = torch.tensor([0.3, -0.2, 1.0], dtype=torch.float64)
+    for est in (kl.k1, kl.k2, kl.k3):
+        for mode in ("loss", "reward"):
+            assert kl.expected_estimator_gradient(est, theta, theta, mode).abs().max() < 1e-15
+    with pytest.raises(ValueError, match="mode"):
+        kl.expected_estimator_gradient(kl.k3, theta, theta, "both")
+    with pytest.raises(ValueError, match="same shape"):
+        kl.expected_estimator_gradient(kl.k3, theta, theta[:2])
+    with pytest.raises(ValueError, match="floating"):
+        kl.expected_estimator_gradient(kl.k3, torch.tensor([1, 2]), torch.tensor([1, 2]))
+
+
+def test_expected_estimator_gradient_matches_sampled_autograd():
+    """Monte Carlo: the batch-mean autograd gradient of k3 in the loss within 5 standard errors."""
+    g = torch.Generator().manual_seed(4)
+    theta = torch.randn(5, generator=g, dtype=torch.float64)
+    ref = torch.randn(5, generator=g, dtype=torch.float64)
+    n = 200_000
+    x = torch.multinomial(theta.softmax(-1), n, replacement=True, generator=g)
+    t = theta.clone().requires_grad_(True)
+    log_q = t.log_softmax(-1)[x]
+    log_r = ref.log_softmax(-1)[x] - log_q
+    mc = torch.autograd.grad(kl.k3(log_r).mean(), t)[0]
+    # per-sample gradients (1 - r) (onehot(x) - q) give the standard error of each component
+    q = theta.softmax(-1)
+    per = (1 - log_r.detach().exp())[:, None] * (torch.nn.functional.one_hot(x, 5) - q)
+    torch.testing.assert_close(per.mean(0), mc)
+    se = per.std(0) / math.sqrt(n)
+    exact = kl.expected_estimator_gradient(kl.k3, theta, ref, "loss")
+    assert ((mc - exact).abs() < 5 * se).all()
