@@ -1,4 +1,5 @@
-"""A K-armed bandit, a softmax policy over its arms, and the KL-regularized optimum.
+"""A K-armed bandit, a softmax policy over its arms, the KL-regularized optimum, and a small
+REINFORCE training loop (`train_reinforce`) for the plain and the KL-regularized objective.
 
 Derived in notebooks/01_bandits_reinforce.ipynb. The optimum pi* = pi_ref exp(r / beta) / Z is
 the same closed form that lesson 10 turns into DPO.
@@ -101,3 +102,119 @@ def kl_regularized_objective(
         )
     kl = torch.where(probs > 0, probs * (probs.log() - ref_probs.log()), torch.zeros_like(probs)).sum()
     return (probs * rewards).sum() - beta * kl
+
+
+def expected_reward_gradient(probs: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """Exact grad_theta E_pi[r] for pi = softmax(theta): pi * (r - E_pi[r]), shape (K,).
+
+    probs: (K,) the policy's probabilities; rewards: (K,) expected reward of each arm. Obtained by
+    enumerating the arms (lesson 01, Eq. (3)); the reference that sampled estimates are measured
+    against.
+    """
+    check_probability_vector(probs, "probs")
+    check_tensor(rewards, "rewards", floating=True)
+    if rewards.shape != probs.shape or probs.ndim != 1:
+        raise ValueError(
+            f"probs and rewards must both be (K,), got {tuple(probs.shape)} and {tuple(rewards.shape)}"
+        )
+    return probs * (rewards - (probs * rewards).sum())
+
+
+def train_reinforce(
+    bandit: Bandit,
+    policy: SoftmaxPolicy,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    beta: float = 0.0,
+    ref_probs: torch.Tensor | None = None,
+    baseline: str = "ema",
+    ema_decay: float = 0.9,
+    lr_schedule: str = "linear",
+    generator: torch.Generator | None = None,
+) -> dict[str, list]:
+    """Sampled REINFORCE with plain SGD on the logits of `policy` (updated in place).
+
+    Each step draws `batch_size` arms a_i ~ pi, rewards R_i from `bandit`, and ascends
+    (1/B) sum_i (R~_i - b) grad log pi(a_i) through `minirl.losses.reinforce_loss`, where
+
+        R~_i = R_i - beta * (log pi(a_i) - log pi_ref(a_i))      (detached; lesson 01, Eq. (15))
+
+    is the per-sample reward of the KL-regularized objective E_pi[r] - beta KL(pi || pi_ref)
+    (KL direction: policy first). With beta = 0 it is plain REINFORCE on E_pi[r].
+
+    baseline:    "none", or "ema": an exponential moving average (decay `ema_decay`) of the mean
+                 R~ of the PREVIOUS batches. It does not depend on the current actions, so the
+                 gradient estimate stays unbiased (the first step, with no past, uses b = 0).
+    lr_schedule: "constant", or "linear" (lr decays linearly to 0 over `steps`; the iterates then
+                 settle at the optimum instead of jittering around it).
+    ref_probs:   (K,) pi_ref, required when beta > 0.
+
+    Returns the exact (enumerated, using `bandit.means`) trajectory, one entry per step before the
+    update plus the final one (steps + 1 entries): "expected_reward" E_pi[r], "kl"
+    KL(pi || pi_ref) (0 without a reference), "objective" E_pi[r] - beta KL, and "probs" (a list
+    of K floats).
+    """
+    from .losses import reinforce_loss  # late import: losses does not depend on bandit
+
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if policy.logits.numel() != bandit.n_arms:
+        raise ValueError(f"policy has {policy.logits.numel()} arms, the bandit {bandit.n_arms}")
+    if baseline not in ("none", "ema"):
+        raise ValueError(f"baseline must be 'none' or 'ema', got {baseline!r}")
+    if lr_schedule not in ("constant", "linear"):
+        raise ValueError(f"lr_schedule must be 'constant' or 'linear', got {lr_schedule!r}")
+    if not 0 <= ema_decay < 1:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+    if beta > 0 and ref_probs is None:
+        raise ValueError("beta > 0 needs ref_probs (the reference policy pi_ref)")
+    means = bandit.means.to(policy.logits.dtype)
+    ref_logprobs = None
+    if ref_probs is not None:
+        check_probability_vector(ref_probs, "ref_probs")
+        if ref_probs.shape != means.shape:
+            raise ValueError(f"ref_probs must have shape {tuple(means.shape)}, got {tuple(ref_probs.shape)}")
+        ref_logprobs = ref_probs.to(means.dtype).log()
+
+    opt = torch.optim.SGD(policy.parameters(), lr=lr)
+    history: dict[str, list] = {"expected_reward": [], "kl": [], "objective": [], "probs": []}
+
+    def log_exact():
+        with torch.no_grad():
+            probs = policy.probs()
+            reward = float((probs * means).sum())
+            kl = 0.0
+            if ref_logprobs is not None:
+                kl = float(torch.xlogy(probs, probs).sum() - (probs * ref_logprobs).sum())
+        history["expected_reward"].append(reward)
+        history["kl"].append(kl)
+        history["objective"].append(reward - beta * kl)
+        history["probs"].append(probs.tolist())
+
+    b = None
+    for step in range(steps):
+        log_exact()
+        if lr_schedule == "linear":
+            opt.param_groups[0]["lr"] = lr * (1.0 - step / steps)
+        arms = policy.sample(batch_size, generator=generator)  # (B,)
+        rewards = bandit.pull(arms, generator=generator).to(means.dtype)  # (B,)
+        logprobs = policy.log_prob(arms)  # (B,)
+        shaped = rewards
+        if beta > 0:
+            shaped = rewards - beta * (logprobs.detach() - ref_logprobs[arms])  # Eq. (13)
+        advantages = shaped - (b if (baseline == "ema" and b is not None) else 0.0)
+        loss = reinforce_loss(logprobs, advantages)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if baseline == "ema":
+            m = float(shaped.mean())
+            b = m if b is None else ema_decay * b + (1 - ema_decay) * m
+    log_exact()
+    return history
