@@ -198,3 +198,28 @@ def test_explained_variance():
     assert explained_variance(const, ret, m).item() == pytest.approx(0.0, abs=1e-12)
     assert explained_variance(-ret, ret, m).item() < 0
     assert torch.isnan(explained_variance(ret, torch.ones_like(ret)))
+
+
+def test_toy_mdp_exact_quantities():
+    """The token chain behind lessons 06-07: DP values, Eq. (7) gradient vs autograd, expected GAE."""
+    from minirl import toy_mdp
+
+    g = torch.Generator().manual_seed(7)
+    chain = toy_mdp.make_chain(4, 3, 5, slip=0.3, generator=g)
+    logits = torch.randn(5, 4, 3, generator=g, dtype=D, requires_grad=True)
+    probs = torch.softmax(logits, -1)
+    V, Q = toy_mdp.exact_values(chain, probs.detach(), 1.0)
+    A = Q - V[:-1, :, None]
+    (grad,) = torch.autograd.grad(toy_mdp.expected_return(chain, probs), logits)
+    torch.testing.assert_close(toy_mdp.expected_score_gradient(chain, probs.detach(), A), grad.reshape(-1))
+    # exact critic: expected GAE is the advantage for every lambda
+    for lam in (0.0, 0.5, 1.0):
+        torch.testing.assert_close(toy_mdp.expected_gae(chain, probs.detach(), V, 1.0, lam), A)
+    d = toy_mdp.state_distribution(chain, probs.detach())
+    torch.testing.assert_close(d.sum(1), torch.ones(5, dtype=D))
+    batch = toy_mdp.sample(chain, probs.detach(), 4000, generator=g)
+    mc_J = batch["rewards"].sum(1).mean().item()
+    assert abs(mc_J - toy_mdp.expected_return(chain, probs.detach()).item()) < 4 * batch["rewards"].sum(1).std().item() / 4000**0.5
+    assert toy_mdp.policy_kl(chain, logits.detach(), logits.detach()).item() == 0
+    with pytest.raises(ValueError):
+        toy_mdp.exact_values(chain, probs.detach()[:, :, :2], 1.0)
