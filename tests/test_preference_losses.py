@@ -289,6 +289,12 @@ def test_log1mexp_accuracy():
     x32 = torch.tensor([-1e-10])
     assert torch.isinf(torch.log(1 - torch.exp(x32))).item()
     assert torch.isfinite(log1mexp(x32)).item()
+    # finite gradients in both branches, even where exp(x) rounds to 1 in float32
+    x = torch.tensor([-1e-30, -1e-8, -0.3, -5.0, -800.0], requires_grad=True)
+    log1mexp(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    xd = torch.tensor([-1e-3, -0.3, -0.69, -0.7, -5.0], dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(log1mexp, (xd,))
 
 
 def test_orpo_hand_value():
@@ -311,7 +317,7 @@ def test_orpo_rejects_logp_at_or_above_zero_and_is_stable_near_it():
             orpo_loss(torch.tensor([bad]), torch.tensor([-1.0]))
         with pytest.raises(ValueError, match="policy_rejected_logps"):
             orpo_loss(torch.tensor([-1.0]), torch.tensor([bad]))
-    pc = torch.tensor([-1e-7, -3.0], requires_grad=True)  # float32, P_w within 1e-7 of 1
+    pc = torch.tensor([-1e-9, -3.0], requires_grad=True)  # float32, P_w within 1e-9 of 1
     loss, _ = orpo_loss(pc, torch.tensor([-2.0, -50.0]))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(pc.grad).all()

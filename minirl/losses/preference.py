@@ -304,8 +304,16 @@ def kto_loss(
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
     """log(1 - exp(x)) for x < 0, accurate everywhere (Maechler 2012): log(-expm1(x)) near 0,
-    log1p(-exp(x)) below -log 2. Returns -inf at x = 0 and NaN above."""
-    return torch.where(x < -math.log(2), torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    log1p(-exp(x)) below -log 2. Returns -inf at x = 0 and NaN above.
+
+    Each branch gets a safe input where it is not selected ("double where"), so the discarded
+    branch cannot turn the gradient into NaN: TRL's `log1mexp` (same branches) returns a NaN
+    gradient for float32 x in about (-6e-8, 0), where exp(x) rounds to 1 in the unused branch.
+    """
+    small = x < -math.log(2)
+    safe_small = torch.where(small, x, torch.full_like(x, -1.0))
+    safe_large = torch.where(small, torch.full_like(x, -0.5), x)
+    return torch.where(small, torch.log1p(-torch.exp(safe_small)), torch.log(-torch.expm1(safe_large)))
 
 
 def orpo_loss(
@@ -325,7 +333,8 @@ def orpo_loss(
         the per-sequence average NLL; TRL instead uses a token-level cross-entropy over the chosen
         prompt AND response tokens of the batch, so pass that value to match TRL.
     lam: lambda (TRL's `beta`, default 0.1). TRL's `odds_ratio_loss` returns +lambda * log sigma(.)
-        per example and the trainer's loss is nll - mean(that), which equals this L.
+        per example and the trainer's loss is nll - mean(that), which equals this L. TRL casts the
+        log-probs to float32 first; this function keeps the input dtype.
 
     Returns (loss, stats): "nll", "or_loss" (L_OR without lambda), "log_odds_ratio" (mean of
     log sigma(log odds ratio), TRL's log), "log_odds_chosen" (mean log odds ratio), (B,)
