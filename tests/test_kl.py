@@ -192,3 +192,24 @@ def test_expected_estimator_gradient_matches_sampled_autograd():
     se = per.std(0) / math.sqrt(n)
     exact = kl.expected_estimator_gradient(kl.k3, theta, ref, "loss")
     assert ((mc - exact).abs() < 5 * se).all()
+
+
+def test_ratio_times_k3_in_loss_equals_k1_reward_per_sample():
+    """k3 times a ratio equal to 1 in value (gradient grad log q, TRL's use_bias_correction_kl on-policy)
+    gives, sample by sample, the REINFORCE gradient of k1: the forward KL(q || p) gradient."""
+    g = torch.Generator().manual_seed(6)
+    theta = torch.randn(7, generator=g, dtype=torch.float64)
+    ref = torch.randn(7, generator=g, dtype=torch.float64)
+    x = torch.multinomial(theta.softmax(-1), 64, replacement=True, generator=g)
+
+    def batch_grad(surrogate_fn):
+        t = theta.clone().requires_grad_(True)
+        log_q = t.log_softmax(-1)[x]
+        log_r = ref.log_softmax(-1)[x] - log_q
+        return torch.autograd.grad(surrogate_fn(log_q, log_r).sum(), t)[0]
+
+    ratio_k3 = batch_grad(lambda lq, lr: torch.exp(lq - lq.detach()) * kl.k3(lr))
+    k1_reward = batch_grad(lambda lq, lr: kl.k1(lr).detach() * lq)
+    k2_loss = batch_grad(lambda lq, lr: kl.k2(lr))
+    torch.testing.assert_close(ratio_k3, k1_reward)
+    torch.testing.assert_close(k2_loss, k1_reward)
