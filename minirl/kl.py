@@ -139,10 +139,11 @@ def expected_estimator_gradient(estimator, logits_q: torch.Tensor, logits_p: tor
                                                           (GRPO puts k3 in its loss this way)
         mode="reward": E_q[ stopgrad(k(log_r(x))) grad log q(x) ]   the estimator as a (negative)
                                                           reward, score-function / REINFORCE gradient
-    Both are descent directions for the quantity the estimator stands for (minimizing a KL penalty).
-    Results lesson 02 derives and tests/test_kl.py checks: loss-k1 = 0; loss-k2 = reward-k1 =
-    grad KL(q || p); loss-k3 = grad KL(p || q) (the reverse direction); reward-k3 = grad KL(q || p)
-    - grad KL(p || q).
+    Both are gradients of a surrogate to MINIMIZE; which divergence they are the gradient of depends
+    on the estimator and the mode. Results lesson 02 derives and tests/test_kl.py checks:
+    loss-k1 = 0; loss-k2 = reward-k1 = grad KL(q || p); loss-k3 = grad KL(p || q) (the other
+    direction); reward-k3 = grad KL(q || p) - grad KL(p || q); loss + reward = grad E_q[k], which is
+    grad KL(q || p) for k1 and k3 (k3 times a ratio q / stopgrad(q), TRL's default GRPO penalty).
 
     estimator: elementwise function of log_r (e.g. `k1`, `k2`, `k3`). logits_q, logits_p: (..., V),
     same shape, floating point; leading dimensions are independent distributions. Returns (..., V).

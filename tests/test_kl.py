@@ -151,7 +151,7 @@ def test_expected_estimator_gradients_identities():
     grad = kl.expected_estimator_gradient
     torch.testing.assert_close(grad(kl.k1, theta, ref, "reward"), fwd)  # REINFORCE with k1
     torch.testing.assert_close(grad(kl.k2, theta, ref, "loss"), fwd)  # k2 in the loss
-    torch.testing.assert_close(grad(kl.k3, theta, ref, "loss"), rev)  # k3 in the loss: reverse KL
+    torch.testing.assert_close(grad(kl.k3, theta, ref, "loss"), rev)  # k3 in the loss: the other direction, KL(p || q)
     torch.testing.assert_close(grad(kl.k1, theta, ref, "loss"), torch.zeros_like(fwd))  # score has mean 0
     torch.testing.assert_close(grad(kl.k3, theta, ref, "reward"), fwd - rev)
     # the directions differ away from p = q, so the k3 identity is not a tautology
