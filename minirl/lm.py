@@ -110,6 +110,12 @@ def sequence_logprobs(
     top-k / top-p truncation). Gradients flow (wrap in torch.no_grad() for old/reference log-probs).
     With `return_entropy`, also returns the entropy (B, T) of the predictive distribution for the
     token at t (same alignment, 0 where logprobs is 0).
+
+    Compared with TRL: the alignment is TRL's (`selective_log_softmax(logits[:, :-1], ids[:, 1:])`,
+    of which TRL keeps the completion columns, as `response_logprobs` does). The difference: we
+    pass position ids that count real tokens only, while TRL's trainers call the model without
+    them; for a model with absolute positions (GPT-2) TRL's log-probs of a left-padded row then
+    depend on how much padding it got, ours do not (and match `generate`, and HF's generate).
     """
     _check_ids_and_mask(input_ids, attention_mask)
     if temperature <= 0:

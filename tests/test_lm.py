@@ -346,3 +346,40 @@ def test_bad_input_raises(model):
         lm.sequence_logprobs(model, ids, mask, temperature=0)
     with pytest.raises(ValueError, match="2 dimension"):
         lm.sequence_logprobs(model, ids[0], mask[0])
+
+
+# ------------------------------------------------------------------- independent references
+
+
+def test_greedy_matches_transformers_generate(model):
+    """`transformers`' own generate (greedy, left-padded prompts) picks the same tokens, pads after
+    EOS the same way, and its raw logits give the same log-probs."""
+    ids, mask = prompts()
+    free = lm.generate(model, ids, mask, 10, 63, PAD, temperature=0.0)
+    eos = int(free.response_ids[0, 3])  # a token greedy decoding does produce, so rows end early
+    ours = lm.generate(model, ids, mask, 10, eos, PAD, temperature=0.0)
+    hf = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, eos_token_id=eos,
+                        pad_token_id=PAD, output_logits=True, return_dict_in_generate=True)
+    n = hf.sequences.shape[1] - ids.shape[1]  # HF stops when every row has ended
+    assert torch.equal(hf.sequences, ours.sequences[:, : ids.shape[1] + n])
+    assert bool((ours.response_ids[:, n:] == PAD).all()) and bool((ours.lengths < 10).any())
+    hf_lp = torch.log_softmax(torch.stack(hf.logits, 1), -1).gather(-1, hf.sequences[:, ids.shape[1]:, None])
+    m = ours.response_mask[:, :n].bool()
+    torch.testing.assert_close(ours.logprobs[:, :n][m], hf_lp.squeeze(-1)[m], atol=1e-5, rtol=0)
+
+
+def test_response_logprobs_follow_trl_alignment(model):
+    """TRL's recipe for completion log-probs: logits[:, :-1][:, -T:] / temperature, then
+    selective_log_softmax at the completion ids (trl/trainer/grpo_trainer.py). Fed the same logits
+    (with padding-aware positions), it gives our response log-probs."""
+    from trl.trainer.utils import selective_log_softmax
+
+    out = gen(model, seed=2, temperature=0.8, eos=17)
+    logits = model(input_ids=out.sequences, attention_mask=out.attention_mask,
+                   position_ids=lm.position_ids_from_mask(out.attention_mask)).logits
+    T = out.response_ids.shape[1]
+    trl_lp = selective_log_softmax(logits[:, :-1][:, -T:] / 0.8, out.response_ids)
+    ours = lm.response_logprobs(model, out.sequences, out.attention_mask, out.prompt_length, temperature=0.8)
+    m = out.response_mask.bool()
+    torch.testing.assert_close(ours[m], trl_lp[m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.logprobs[m], trl_lp[m], atol=1e-5, rtol=0)
