@@ -1,0 +1,481 @@
+"""RLHF with PPO, in short pieces: rollout, per-token KL-penalized rewards, GAE, PPO update, loop.
+
+Derived in notebooks/08_rlhf_ppo.ipynb (Ziegler et al. 2019, "Fine-tuning language models from
+human preferences"; Stiennon et al. 2020; the implementation details catalogued by Huang et al.
+2022, "The N implementation details of RLHF with PPO"). Reused by lessons 09-10 for comparisons.
+
+The four models of one iteration:
+    policy (actor)    generates the responses, then is trained (forward + backward per minibatch)
+    critic            ScalarHeadModel, one value per token (forward in the rollout, fwd + bwd in the update)
+    reference         frozen copy of the initial policy (one forward per iteration)
+    reward model      any `score_fn(samples) -> (B,)` (one forward per iteration, no gradient)
+
+One iteration (`ppo_iteration`, looped by `train_ppo`):
+    samples  = rollout(...)                                   generate, score, reference, values
+    rewards  = kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, beta)
+    A, R     = gae(rewards, values, response_mask, gamma, lam) (then whitened A, a switch)
+    stats    = ppo_update(...)                                epochs x minibatches of clipped losses
+    beta     = controller.update(mean sequence KL, batch size)
+
+Conventions: prompts are left-padded (width P), responses right-padded after EOS (width T);
+per-token tensors are (B, T) over the response columns; `response_mask` is 1 up to and including
+the first EOS. KL direction: KL(pi_theta || pi_ref), estimated on samples from pi_theta with
+log_r = ref_logprobs - logprobs (minirl.kl).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import kl as kl_mod
+from .advantages import explained_variance, gae, whiten
+from .checks import as_float_mask, check_finite, check_tensor
+from .losses import ppo_policy_loss, ppo_value_loss
+from .lm import generate, response_logprobs
+from .masks import masked_mean
+from .models import ScalarHeadModel, last_token_scores
+from .tokenizer import encode_prompts
+from .utils import timer
+
+KL_ESTIMATORS = {"k1": kl_mod.k1, "k2": kl_mod.k2, "k3": kl_mod.k3}
+
+
+@dataclass
+class PPOConfig:
+    """Hyperparameters of PPO-RLHF. Defaults suit the tiny model on a CPU (lesson 08); the GPT-2
+    sentiment values of the anchors are given in brackets where they differ."""
+
+    n_iterations: int = 20
+    """rollout + update cycles"""
+    batch_size: int = 32
+    """prompts (= responses) per rollout [TRL sentiment: 256, lm-human-preferences: 512]"""
+    minibatch_size: int = 16
+    """responses per gradient step; batch_size must be a multiple of it"""
+    ppo_epochs: int = 2
+    """passes over each rollout [4]"""
+    max_new_tokens: int = 16
+    """response length limit T (a response that hits it without EOS is truncated)"""
+    temperature: float = 1.0
+    """sampling temperature; log-probs of policy AND reference are taken at the same temperature"""
+    lr: float = 3e-4
+    """Adam learning rate for policy and critic [1.41e-5]"""
+    max_grad_norm: float | None = 1.0
+    """clip the global gradient norm (None: no clipping)"""
+    clip_eps: float = 0.2
+    """PPO ratio clip epsilon"""
+    vf_clip_eps: float | None = 0.2
+    """value clip, in units of the return (None: plain MSE)"""
+    vf_coef: float = 0.1
+    """weight of the value loss in the summed loss"""
+    gamma: float = 1.0
+    """discount over response tokens"""
+    lam: float = 0.95
+    """GAE lambda"""
+    kl_coef: float = 0.1
+    """beta: the KL coefficient, or its initial value with `adaptive_kl` [0.15 code, 0.2 TRL]"""
+    adaptive_kl: bool = False
+    """use AdaptiveKLController (Ziegler et al. 2019) instead of a fixed beta"""
+    kl_target: float = 6.0
+    """target sequence KL (nats) for the adaptive controller"""
+    kl_horizon: float = 10000.0
+    """horizon of the adaptive controller, in samples"""
+    kl_estimator: str = "k1"
+    """per-token KL penalty in the reward: "k1" (-log r, lm-human-preferences and TRL), "k2", "k3".
+    DETAIL: k1 is unbiased for KL(pi||pi_ref) but may be negative per token"""
+    whiten_advantages: bool = True
+    """DETAIL: normalize advantages over the batch's response tokens (mean 0, std 1)"""
+    whiten_rewards: bool = False
+    """DETAIL: rescale per-token rewards to std 1 (mean kept) before GAE (TRL's `whiten_rewards`)"""
+    normalize_scores: bool = False
+    """DETAIL: score <- (score - mean) / std with mean and std measured on the FIRST rollout (the
+    initial policy) and then frozen (lm-human-preferences' reward gain and bias)"""
+    missing_eos_penalty: float | None = None
+    """DETAIL: subtract this from the score of a response that never emits EOS (TRL's
+    `missing_eos_penalty`; lm-human-preferences instead replaces such scores with -1). None: off"""
+    value_head_init: str = "zero"
+    """DETAIL: critic head "zero" (lm-human-preferences' value head) or "normal" (N(0, 1/(d+1)),
+    the reward head's init); used by `make_critic`"""
+    max_kl: float = 100.0
+    """stop the run when the mean sequence KL (nats) exceeds this"""
+    seed: int = 0
+    """seeds the prompt draws, the sampling and the minibatch order"""
+
+
+# ------------------------------------------------------------------- models
+
+
+def make_reference(policy):
+    """A frozen copy of the policy (eval mode, no gradients): pi_ref."""
+    ref = copy.deepcopy(policy)
+    ref.eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def make_critic(model, value_head_init: str = "zero", seed: int = 0) -> ScalarHeadModel:
+    """A critic: a COPY of `model`'s transformer (a causal LM, e.g. the policy, or a
+    ScalarHeadModel, e.g. the reward model) with a fresh scalar head.
+
+    value_head_init "zero": weights and bias 0, so V = 0 everywhere at the start (the critic
+    learns from returns, nothing random leaks into the first advantages); "normal": the
+    ScalarHeadModel default N(0, 1/(n_embd + 1)) weights, bias 0."""
+    if value_head_init not in ("zero", "normal"):
+        raise ValueError(f"value_head_init must be 'zero' or 'normal', got {value_head_init!r}")
+    backbone = model.backbone if isinstance(model, ScalarHeadModel) else model.base_model
+    critic = ScalarHeadModel(copy.deepcopy(backbone), seed=seed)
+    if value_head_init == "zero":
+        with torch.no_grad():
+            critic.head.weight.zero_()
+    return critic
+
+
+# -------------------------------------------------------------- the samples
+
+
+@dataclass
+class Samples:
+    """One rollout of B responses (prompt width P, response width T).
+
+    prompts, responses  list[str]         decoded text (responses without EOS/padding)
+    sequences           (B, P + T) long   left-padded prompt ids then response ids
+    attention_mask      (B, P + T) long
+    response_ids        (B, T) long
+    response_mask       (B, T) float      1 up to and including the first EOS
+    logprobs            (B, T)            log pi_old of each sampled token (the sampler's), 0 on padding
+    ref_logprobs        (B, T)            log pi_ref of the same tokens (same temperature)
+    values              (B, T)            V(state before token t) from the critic
+    scores              (B,)              reward-model score, after the EOS penalty / normalization
+    raw_scores          (B,)              the score_fn output as returned
+    has_eos             (B,) bool         the response emitted EOS
+    prompt_length       int               P
+    """
+
+    prompts: list
+    responses: list
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    logprobs: torch.Tensor
+    prompt_length: int
+    has_eos: torch.Tensor
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    raw_scores: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+
+
+def text_scorer(fn: Callable[[str, str], float]) -> Callable[[Samples], torch.Tensor]:
+    """Wrap a per-text reward fn(prompt, response) -> float as a score_fn(samples) -> (B,)."""
+    def score(samples: Samples) -> torch.Tensor:
+        return torch.tensor([float(fn(p, r)) for p, r in zip(samples.prompts, samples.responses)])
+    return score
+
+
+def reward_model_scorer(rm) -> Callable[[Samples], torch.Tensor]:
+    """A ScalarHeadModel reward model as a score_fn: its value at each row's LAST real token
+    (the EOS if one was emitted, else the last generated token), no gradient. The RM must share
+    the policy's tokenizer."""
+    @torch.no_grad()
+    def score(samples: Samples) -> torch.Tensor:
+        rm.eval()
+        return last_token_scores(rm(samples.sequences, samples.attention_mask), samples.attention_mask)
+    return score
+
+
+def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """scores (B,) minus `penalty` where has_eos (B,) bool is False; unchanged if penalty is None.
+    A response cut at max_new_tokens is unfinished text that the reward model may still like; the
+    penalty makes "never stop" unattractive (Huang et al. 2022; TRL's missing_eos_penalty)."""
+    check_tensor(scores, "scores", ndim=1, floating=True)
+    check_tensor(has_eos, "has_eos", ndim=1)
+    if has_eos.shape != scores.shape:
+        raise ValueError(f"has_eos must have shape {tuple(scores.shape)}, got {tuple(has_eos.shape)}")
+    if penalty is None:
+        return scores
+    return scores - float(penalty) * (~has_eos.bool()).to(scores.dtype)
+
+
+def per_token_kl(logprobs, ref_logprobs, response_mask, estimator: str = "k1") -> torch.Tensor:
+    """The per-token KL estimate k(log_r) with log_r = ref_logprobs - logprobs, 0 on padding.
+    (B, T) each -> (B, T). Summed over t it estimates the sequence KL(pi_theta || pi_ref)."""
+    if estimator not in KL_ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(KL_ESTIMATORS)}, got {estimator!r}")
+    check_tensor(logprobs, "logprobs", ndim=2, floating=True)
+    check_tensor(ref_logprobs, "ref_logprobs", ndim=2, floating=True)
+    if ref_logprobs.shape != logprobs.shape:
+        raise ValueError(f"ref_logprobs must have shape {tuple(logprobs.shape)}, got {tuple(ref_logprobs.shape)}")
+    m = as_float_mask(response_mask, logprobs, "response_mask")
+    log_r = torch.where(m > 0, ref_logprobs - logprobs, torch.zeros_like(logprobs))
+    return KL_ESTIMATORS[estimator](log_r) * m
+
+
+def kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef: float, estimator: str = "k1"):
+    """Per-token rewards of RLHF (Ziegler et al. 2019; Stiennon et al. 2020, Eq. 2):
+
+        r_t = -beta * k(log_r_t)  +  [t = last response token] * score,   log_r_t = log pi_ref - log pi_theta
+
+    With k1, -beta * k1 = beta * (log pi_ref - log pi_theta): sampling a token the reference finds
+    less likely than the policy does costs reward. Summed over the response, E[sum_t r_t] =
+    E[score] - beta * KL(pi_theta || pi_ref) (for k1 and k3, which are unbiased).
+
+    scores: (B,) one score per response. logprobs, ref_logprobs, response_mask: (B, T); every row
+    of the mask needs >= 1 token; the score goes on each row's LAST masked-in token (the EOS, or
+    the last token of a truncated response). Returns (rewards, kl), both (B, T), 0 on padding,
+    detached: kl is the per-token estimate that was penalized.
+    """
+    check_tensor(scores, "scores", ndim=1, floating=True)
+    kl = per_token_kl(logprobs.detach(), ref_logprobs.detach(), response_mask, estimator)
+    if scores.shape[0] != kl.shape[0]:
+        raise ValueError(f"scores must have shape ({kl.shape[0]},) (one per response), got {tuple(scores.shape)}")
+    if kl_coef < 0:
+        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
+    m = as_float_mask(response_mask, kl, "response_mask")
+    if bool((m.sum(-1) == 0).any()):
+        raise ValueError("every row of response_mask needs at least one response token")
+    rewards = -kl_coef * kl
+    last = last_token_position(m)  # (B,)
+    rewards = rewards.scatter_add(1, last[:, None], scores.detach().to(rewards.dtype)[:, None])
+    return rewards, kl
+
+
+def last_token_position(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0/1 mask -> (B,) long: the column of each row's last 1 (rows need at least one)."""
+    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask > 0, pos, torch.full_like(pos, -1)).max(-1).values
+
+
+# -------------------------------------------------------------------- rollout
+
+
+def critic_values(critic, sequences, attention_mask, prompt_length: int) -> torch.Tensor:
+    """V(s_t) for every response token t: the critic's output at the position BEFORE token t
+    (columns P-1 .. P+T-2 of a (B, P + T) batch), since the state of token t is the prefix
+    x + y_<t. Returns (B, T), with gradients if the caller enables them."""
+    v = critic(sequences, attention_mask)  # (B, P + T)
+    T = sequences.shape[1] - prompt_length
+    return v[:, prompt_length - 1: prompt_length - 1 + T]
+
+
+@torch.no_grad()
+def rollout(policy, ref_model, critic, tokenizer, prompts, score_fn, cfg: PPOConfig, generator=None,
+            timings: dict | None = None) -> Samples:
+    """Generate responses to `prompts` (list[str]), score them, and take the reference log-probs
+    and the critic's values. `timings` (a dict) collects seconds under "generate", "score",
+    "reference", "value". Scores are returned raw here; see `prepare_scores`."""
+    timings = {} if timings is None else timings
+    ids, mask = encode_prompts(tokenizer, list(prompts))  # (B, P), left-padded
+    with timer(timings, "generate"):
+        gen = generate(policy, ids, mask, cfg.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       temperature=cfg.temperature, generator=generator)
+    rmask = gen.response_mask.float()
+    has_eos = ((gen.response_ids == tokenizer.eos_token_id) & (gen.response_mask > 0)).any(-1)
+    responses = [tokenizer.decode(r[m > 0], skip_special_tokens=True) for r, m in zip(gen.response_ids, gen.response_mask)]
+    s = Samples(list(prompts), responses, gen.sequences, gen.attention_mask, gen.response_ids, rmask,
+                gen.logprobs * rmask, gen.prompt_length, has_eos)
+    with timer(timings, "score"):
+        raw = score_fn(s)
+        check_tensor(raw, "score_fn output", ndim=1)
+        s.raw_scores = raw.detach().float()
+    with timer(timings, "reference"):
+        s.ref_logprobs = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, cfg.temperature) * rmask
+    with timer(timings, "value"):
+        critic.eval()
+        s.values = critic_values(critic, s.sequences, s.attention_mask, s.prompt_length) * rmask
+    return s
+
+
+# ---------------------------------------------------------------------- update
+
+
+def ppo_update(policy, critic, optimizer, s: Samples, advantages, returns, cfg: PPOConfig, generator=None) -> dict:
+    """`cfg.ppo_epochs` passes over the rollout in shuffled minibatches; each step minimizes
+    ppo_policy_loss + vf_coef * ppo_value_loss and steps the shared optimizer.
+    Returns means over the steps of pg_loss, vf_loss, approx_kl, clipfrac, vf_clipfrac, and the
+    entropy of the policy on the response tokens during the first epoch."""
+    B = s.sequences.shape[0]
+    if B % cfg.minibatch_size:
+        raise ValueError(f"batch_size {B} must be a multiple of minibatch_size {cfg.minibatch_size}")
+    policy.train()
+    critic.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    sums, n_steps, entropies = {}, 0, []
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, cfg.minibatch_size):
+            i = order[start:start + cfg.minibatch_size]
+            m = s.response_mask[i]
+            logprobs, ent = response_logprobs(policy, s.sequences[i], s.attention_mask[i], s.prompt_length,
+                                              cfg.temperature, return_entropy=True)
+            pg_loss, pg_stats = ppo_policy_loss(logprobs, s.logprobs[i], advantages[i], m, cfg.clip_eps)
+            values = critic_values(critic, s.sequences[i], s.attention_mask[i], s.prompt_length)
+            vf_loss, vf_stats = ppo_value_loss(values, s.values[i], returns[i], m, cfg.vf_clip_eps)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            check_finite(loss, "loss (policy + vf_coef * value)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            if epoch == 0:
+                entropies.append(masked_mean(ent.detach(), m))
+            for k, v in {"pg_loss": pg_loss.detach(), "vf_loss": vf_loss.detach(), **pg_stats, **vf_stats}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_steps += 1
+    out = {k: v / n_steps for k, v in sums.items()}
+    out["entropy"] = float(torch.stack(entropies).mean())
+    return out
+
+
+# ------------------------------------------------------------------------ loop
+
+
+def make_optimizer(policy, critic, cfg: PPOConfig):
+    """One Adam over the policy's and the critic's parameters (eps 1e-5, no weight decay)."""
+    params = list(policy.parameters()) + list(critic.parameters())
+    return torch.optim.Adam([p for p in params if p.requires_grad], lr=cfg.lr, eps=1e-5)
+
+
+def make_controller(cfg: PPOConfig):
+    """AdaptiveKLController(kl_coef, kl_target, kl_horizon) or FixedKLController(kl_coef)."""
+    if cfg.adaptive_kl:
+        return kl_mod.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+    return kl_mod.FixedKLController(cfg.kl_coef)
+
+
+@dataclass
+class PPOState:
+    """What persists between iterations: the models, the optimizer, the KL controller, the
+    frozen score normalization, the generator, and the list of logged rows."""
+
+    policy: object
+    ref_model: object
+    critic: object
+    optimizer: object
+    controller: object
+    generator: torch.Generator
+    score_shift: float | None = None
+    score_scale: float | None = None
+    history: list = field(default_factory=list)
+    last_samples: Samples | None = None
+
+
+def init_ppo(policy, cfg: PPOConfig, ref_model=None, critic=None) -> PPOState:
+    """Build the state: reference = frozen copy of `policy` unless given, critic = `make_critic`
+    of the policy (cfg.value_head_init) unless given, optimizer, controller, generator."""
+    if cfg.batch_size % cfg.minibatch_size:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of minibatch_size {cfg.minibatch_size}")
+    if cfg.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {cfg.kl_estimator!r}")
+    ref_model = make_reference(policy) if ref_model is None else ref_model
+    critic = make_critic(policy, cfg.value_head_init, seed=cfg.seed) if critic is None else critic
+    return PPOState(policy, ref_model, critic, make_optimizer(policy, critic, cfg), make_controller(cfg),
+                    torch.Generator().manual_seed(cfg.seed))
+
+
+def prepare_scores(state: PPOState, s: Samples, cfg: PPOConfig) -> torch.Tensor:
+    """Raw scores -> the scores put into the reward: check finite, EOS penalty, then (if
+    cfg.normalize_scores) the normalization frozen at the first call."""
+    raw = s.raw_scores
+    bad = (~torch.isfinite(raw)).nonzero().flatten().tolist()
+    if bad:
+        raise FloatingPointError(f"score (reward model output) is not finite for rows {bad[:8]}: "
+                                 f"training stopped (expected finite scores)")
+    scores = apply_missing_eos_penalty(raw, s.has_eos, cfg.missing_eos_penalty)
+    if cfg.normalize_scores:
+        if state.score_shift is None:
+            state.score_shift, state.score_scale = float(scores.mean()), float(scores.std().clamp_min(1e-6))
+        scores = (scores - state.score_shift) / state.score_scale
+    return scores
+
+
+def ppo_iteration(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None) -> dict:
+    """One rollout + update on `prompts` (list[str] of length cfg.batch_size). Returns the row of
+    statistics (also appended to state.history). Raises FloatingPointError, naming the statistic
+    and its threshold, on a non-finite score or loss, or a KL above cfg.max_kl."""
+    t = {}
+    beta = state.controller.value
+    s = rollout(state.policy, state.ref_model, state.critic, tokenizer, prompts, score_fn, cfg, state.generator, t)
+    s.scores = prepare_scores(state, s, cfg)
+    rewards, kl = kl_penalized_rewards(s.scores, s.logprobs, s.ref_logprobs, s.response_mask, beta, cfg.kl_estimator)
+    seq_kl = per_token_kl(s.logprobs, s.ref_logprobs, s.response_mask, "k1").sum(-1)  # (B,) measured KL, k1
+    mean_kl = float(seq_kl.mean())
+    check_finite(mean_kl, "kl (mean sequence KL(pi || pi_ref), nats)", cfg.max_kl)
+    if cfg.whiten_rewards:
+        rewards = whiten(rewards, s.response_mask, shift_mean=False)
+    advantages, returns = gae(rewards, s.values, s.response_mask, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
+        advantages = whiten(advantages, s.response_mask)
+    with timer(t, "update"):
+        upd = ppo_update(state.policy, state.critic, state.optimizer, s, advantages, returns, cfg, state.generator)
+    state.controller.update(mean_kl, cfg.batch_size)
+    row = {
+        "iteration": len(state.history),
+        "score": float(s.raw_scores.mean()),
+        "reward": float((rewards * s.response_mask).sum(-1).mean()),
+        "kl": mean_kl,
+        "kl_penalty": float(kl.sum(-1).mean()),
+        "beta": beta,
+        "entropy": upd["entropy"],
+        "approx_kl": upd["approx_kl"],
+        "clipfrac": upd["clipfrac"],
+        "vf_clipfrac": upd["vf_clipfrac"],
+        "pg_loss": upd["pg_loss"],
+        "vf_loss": upd["vf_loss"],
+        "explained_variance": float(explained_variance(s.values, returns, s.response_mask)),
+        "response_length": float(s.response_mask.sum(-1).mean()),
+        "eos_fraction": float(s.has_eos.float().mean()),
+    }
+    if gold_fn is not None:
+        row["gold"] = float(gold_fn(s).float().mean())
+    row.update({f"time_{k}": v for k, v in t.items()})
+    state.history.append(row)
+    state.last_samples = s
+    return row
+
+
+def append_jsonl(path, row: dict) -> None:
+    """Append one JSON line to `path` (parent folders created) and flush it to disk."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def read_jsonl(path) -> list[dict]:
+    """The rows of a JSONL log."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None, log_path=None) -> list[dict]:
+    """cfg.n_iterations of `ppo_iteration`, each on cfg.batch_size prompts drawn uniformly (with
+    replacement) from `prompts` with the state's generator. Each row is appended to `log_path`
+    (JSONL) as soon as it exists. If an iteration fails (NaN score, NaN loss, KL above max_kl,
+    mismatched masks), a row {"iteration", "stopped": message} is appended, the rows so far are
+    kept, and the error is re-raised. Returns state.history."""
+    if not prompts:
+        raise ValueError("prompts must be a non-empty list of str")
+    if log_path is not None:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(log_path).write_text("")
+    for _ in range(cfg.n_iterations):
+        idx = torch.randint(len(prompts), (cfg.batch_size,), generator=state.generator)
+        try:
+            row = ppo_iteration(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg, gold_fn)
+        except (FloatingPointError, ValueError) as e:
+            if log_path is not None:
+                append_jsonl(log_path, {"iteration": len(state.history), "stopped": str(e)})
+            raise
+        if log_path is not None:
+            append_jsonl(log_path, row)
+    return state.history
+
+
+def config_dict(cfg: PPOConfig) -> dict:
+    """The config as a plain dict (for logs)."""
+    return asdict(cfg)
