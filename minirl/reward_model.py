@@ -1,0 +1,440 @@
+"""Reward models: preference data from a hidden gold reward, Bradley-Terry training, evaluation
+against the gold, and best-of-n over-optimization of the learned proxy.
+
+Derived in notebooks/05. Reused by notebooks/08 (PPO scores responses with `reward_scores`),
+09 (best-of-n: `best_of_n_expectation`, `best_of_n_kl`) and 10 (DPO trains on the same
+{"prompt", "chosen", "rejected"} rows: `save_pairs` / `load_pairs`).
+
+The pipeline, step by step:
+    sample_responses(policy, tok, prompts, k)     K responses per prompt from the SFT policy
+    preference_pairs(prompts, responses, ...)     gold scores -> a (noisy) K-way ranking per prompt
+                                                  -> its C(K,2) pairs (losses.ranking_to_pairs)
+    train_reward_model(rm, tok, rows, config)     minibatch AdamW on losses.bradley_terry_loss
+    evaluate_reward_model(rm, tok, rows)          accuracy vs labels and vs gold, calibration, ECE
+    score_texts / reward_scores                   r(x, y), read at the LAST real token
+
+Label noise (the simulated labeler): a labeler ranks the K responses of a prompt by the gold score
+plus Gumbel noise, `sort(gold / temperature + Gumbel(0, 1))` (a Plackett-Luce ranking). Since the
+difference of two independent Gumbels is logistic, each pair of that ranking is ordered with
+probability exactly sigma((g_i - g_j) / temperature): the labeler follows Bradley-Terry with the
+gold as its reward. temperature = 0 is a noiseless labeler. `flip_rate` adds independent flips of
+each pair on top (a careless labeler). Pairs whose gold scores tie are dropped by default: the gold
+prefers neither, so their label is a coin toss that teaches nothing.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .checks import check_finite, check_tensor
+from .lm import generate
+from .losses import bradley_terry_loss, ranking_to_pairs
+from .models import last_token_scores
+from .tokenizer import encode_prompt_response, encode_prompts
+from .world import gold_sentiment, write_jsonl
+
+TINY_RM_NAME = "tiny-rm"  # data/tiny-rm/: the reward model lesson 05 ships
+
+
+# ------------------------------------------------------------------------------ gold and samples
+
+
+def gold_response_sentiment(prompt: str, response: str) -> float:
+    """The default gold reward: `world.gold_sentiment` of the response alone (the prompt is an
+    instruction such as "write a review of the soup:", which carries no sentiment)."""
+    return gold_sentiment(response)
+
+
+def _check_prompts(prompts):
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of str, got {type(prompts).__name__}")
+    if not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError("every prompt must be a non-empty str")
+
+
+@torch.no_grad()
+def sample_responses(policy, tokenizer, prompts, k: int, max_new_tokens: int = 48, temperature: float = 1.0,
+                     top_k=None, top_p=None, generator=None, batch_size: int = 512) -> list[list[str]]:
+    """Sample `k` responses for every prompt with `minirl.lm.generate`.
+
+    prompts: N strings. Returns N lists of k decoded responses (EOS and padding removed; a response
+    keeps its leading space, so prompt + response is the text). Rows are generated in chunks of
+    `batch_size` (prompt i's k copies are consecutive); the same seeded `generator` and the same
+    `batch_size` reproduce the same responses (the chunking decides the order of the draws).
+    """
+    _check_prompts(prompts)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    flat = [p for p in prompts for _ in range(k)]
+    texts = []
+    for s in range(0, len(flat), batch_size):
+        ids, mask = encode_prompts(tokenizer, flat[s:s + batch_size])
+        out = generate(policy, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+        for row, m in zip(out.response_ids, out.response_mask):
+            kept = [t for t in row[m.bool()].tolist() if t != tokenizer.eos_token_id]
+            texts.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+
+
+# ------------------------------------------------------------------------------ preference pairs
+
+
+def noisy_ranking(scores: torch.Tensor, temperature: float = 0.0, generator=None) -> torch.Tensor:
+    """Rank K items per row by `scores` (N, K), best first, as a Bradley-Terry labeler would.
+
+    temperature 0: sort by score (ties keep index order). temperature > 0: sort by
+    scores / temperature + Gumbel(0, 1) noise (Plackett-Luce); every pair (i, j) then comes out
+    with i ahead of j with probability sigma((s_i - s_j) / temperature). Returns (N, K) int64.
+    """
+    check_tensor(scores, "scores", ndim=2, floating=True)
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if scores.shape[1] < 2:
+        raise ValueError(f"a ranking needs K >= 2 items per row, got shape {tuple(scores.shape)}")
+    keys = scores
+    if temperature > 0:
+        u = torch.rand(scores.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        keys = scores.double() / temperature - torch.log(-torch.log(u))  # + Gumbel(0, 1)
+    return torch.sort(keys, dim=1, descending=True, stable=True).indices
+
+
+def preference_pairs(prompts, responses, gold_fn: Callable[[str, str], float] = gold_response_sentiment,
+                     temperature: float = 0.0, flip_rate: float = 0.0, drop_ties: bool = True,
+                     generator=None) -> list[dict]:
+    """Turn K responses per prompt into preference pairs labeled by a (noisy) gold labeler.
+
+    prompts: N strings; responses: N lists of K strings (K >= 2, the same K for every prompt).
+    Each prompt's K responses are scored by gold_fn(prompt, response), ranked by `noisy_ranking`
+    (Bradley-Terry labeler with `temperature`), split into C(K, 2) pairs by `ranking_to_pairs`,
+    then each pair is flipped independently with probability `flip_rate`. With `drop_ties`, pairs
+    whose two gold scores are equal (identical responses, or no sentiment words in either) are dropped.
+
+    Returns rows {"prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "prompt_index"}:
+    the DPO layout (extra keys are ignored there). `gold_chosen > gold_rejected` says whether the
+    label agrees with the gold; real RLHF data has no such column.
+    """
+    _check_prompts(prompts)
+    if not isinstance(responses, (list, tuple)) or len(responses) != len(prompts):
+        raise ValueError(f"responses must be a list with one list per prompt ({len(prompts)}), "
+                         f"got {type(responses).__name__} of length {len(responses) if hasattr(responses, '__len__') else '?'}")
+    k = len(responses[0])
+    if k < 2 or any(len(r) != k for r in responses):
+        raise ValueError(f"every prompt needs the same number K >= 2 of responses, got lengths {sorted({len(r) for r in responses})}")
+    if not 0.0 <= flip_rate <= 0.5:
+        raise ValueError(f"flip_rate must be in [0, 0.5], got {flip_rate!r}")
+    gold = torch.tensor([[float(gold_fn(p, y)) for y in ys] for p, ys in zip(prompts, responses)],
+                        dtype=torch.float64)  # (N, K)
+    chosen, rejected = ranking_to_pairs(noisy_ranking(gold, temperature, generator))  # (N, C(K,2)) each
+    flips = torch.rand(chosen.shape, generator=generator, dtype=torch.float64) < flip_rate
+    chosen, rejected = torch.where(flips, rejected, chosen), torch.where(flips, chosen, rejected)
+    rows = []
+    for i, (p, ys) in enumerate(zip(prompts, responses)):
+        for a, b in zip(chosen[i].tolist(), rejected[i].tolist()):
+            if drop_ties and gold[i, a] == gold[i, b]:
+                continue
+            rows.append({"prompt": p, "chosen": ys[a], "rejected": ys[b], "gold_chosen": float(gold[i, a]),
+                         "gold_rejected": float(gold[i, b]), "prompt_index": i})
+    return rows
+
+
+def save_pairs(rows: list[dict], path) -> Path:
+    """Write preference rows as JSONL (one object per line, sorted keys) for `load_pairs`."""
+    if not rows or not all({"prompt", "chosen", "rejected"} <= set(r) for r in rows):
+        raise ValueError("rows must be a non-empty list of dicts with keys prompt, chosen, rejected")
+    return write_jsonl(list(rows), path)
+
+
+def load_pairs(path):
+    """Read preference rows saved by `save_pairs` with `datasets.load_dataset("json", ...)`.
+
+    Returns a `datasets.Dataset` (columns prompt, chosen, rejected, ...; `.to_list()` gives dicts),
+    the format TRL's DPOTrainer reads. Progress bars are switched off for the call.
+    """
+    import datasets
+    from datasets.utils import logging as ds_logging
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no preference file at {path.name}: expected a JSONL written by save_pairs")
+    was_enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    finally:
+        if was_enabled:
+            ds_logging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def reward_scores(rm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """r(x, y) for token sequences: the scalar head read at each row's LAST real token.
+
+    input_ids, attention_mask: (B, T), mask 1 on real tokens, padding on either side (a PPO batch:
+    left-padded prompt, then response right-padded after EOS). Returns (B,); gradients flow.
+    """
+    return last_token_scores(rm(input_ids, attention_mask), attention_mask)  # (B, T) -> (B,)
+
+
+@torch.no_grad()
+def score_texts(rm, tokenizer, prompts, responses, batch_size: int = 256, max_len: int = 96,
+                padding_side: str = "right") -> torch.Tensor:
+    """r(x, y) for strings: each (prompt, response) encoded as by `encode_prompt_response` (EOS
+    appended, so the score is read at the EOS token), in batches. Returns (N,) float32."""
+    _check_prompts(list(prompts))
+    if len(responses) != len(prompts):
+        raise ValueError(f"need one response per prompt, got {len(responses)} responses for {len(prompts)} prompts")
+    was_training = rm.training
+    rm.eval()
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        enc = encode_prompt_response(tokenizer, list(prompts[s:s + batch_size]), list(responses[s:s + batch_size]),
+                                     max_len=max_len, padding_side=padding_side)
+        out.append(reward_scores(rm, enc["input_ids"], enc["attention_mask"]))
+    rm.train(was_training)
+    return torch.cat(out)
+
+
+# ------------------------------------------------------------------------------ training
+
+
+@dataclass
+class RewardModelConfig:
+    """Hyperparameters of `train_reward_model` (one flat config, cleanrl style)."""
+
+    lr: float = 1e-3
+    """AdamW learning rate (the tiny model; GPT-2-scale reward models use about 1e-5)."""
+    epochs: int = 2
+    """Passes over the preference pairs (InstructGPT trains one epoch: more overfits)."""
+    batch_size: int = 64
+    """Pairs per optimizer step (each step scores 2 * batch_size sequences in one forward)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip; inf disables clipping."""
+    max_len: int = 96
+    """Token budget per prompt + response (longer responses lose their end)."""
+    seed: int = 0
+    """Seed of the generator that shuffles the pairs each epoch."""
+    log_every: int = 10
+    """Record the running loss / accuracy every this many steps."""
+
+
+def encode_pairs(tokenizer, rows, max_len: int = 96) -> dict:
+    """Tokenize preference rows: chosen and rejected texts right-padded to ONE common width.
+
+    Returns {"input_ids", "attention_mask"}: (2B, T), rows 0..B-1 the chosen, B..2B-1 the rejected."""
+    if not rows:
+        raise ValueError("rows is empty: need at least one preference pair")
+    prompts = [r["prompt"] for r in rows] * 2
+    responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    enc = encode_prompt_response(tokenizer, prompts, responses, max_len=max_len)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def train_reward_model(rm, tokenizer, rows, config: RewardModelConfig | None = None) -> list[dict]:
+    """Fit a scalar-head model to preference rows by minimizing -log sigma(r_w - r_l).
+
+    rm: a `ScalarHeadModel` (trained in place). rows: dicts with prompt, chosen, rejected.
+    Returns the history: one dict per `log_every` steps with step, epoch, loss, accuracy, margin
+    (means over those steps' minibatches).
+    """
+    cfg = config or RewardModelConfig()
+    if cfg.batch_size < 1 or cfg.epochs < 1 or not cfg.lr > 0:
+        raise ValueError(f"batch_size and epochs must be >= 1 and lr > 0, got {cfg}")
+    enc = encode_pairs(tokenizer, rows, cfg.max_len)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    B = len(rows)
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    rm.train()
+    history, acc_buf, step = [], [], 0
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(B, generator=g)
+        for s in range(0, B, cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            both = torch.cat([idx, idx + B])  # chosen rows, then their rejected rows
+            m = mask[both]
+            width = int(m.sum(-1).max())  # right padding: drop all-pad columns
+            r = reward_scores(rm, ids[both, :width], m[:, :width])  # (2b,)
+            loss, stats = bradley_terry_loss(r[:len(idx)], r[len(idx):])
+            check_finite(loss, "reward-model loss")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(rm.parameters(), cfg.max_grad_norm)
+            opt.step()
+            step += 1
+            acc_buf.append((float(loss.detach()), float(stats["accuracy"]), float(stats["margin"])))
+            if step % cfg.log_every == 0:
+                mean = [sum(v) / len(acc_buf) for v in zip(*acc_buf)]
+                history.append({"step": step, "epoch": epoch, "loss": mean[0], "accuracy": mean[1], "margin": mean[2]})
+                acc_buf = []
+    rm.eval()
+    return history
+
+
+def config_dict(config: RewardModelConfig) -> dict:
+    """The config as a plain dict (for saving next to a checkpoint)."""
+    return asdict(config)
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> float:
+    """Fraction of pairs with r_chosen > r_rejected, a tie counting 1/2. Both (B,)."""
+    check_tensor(chosen_scores, "chosen_scores", ndim=1)
+    check_tensor(rejected_scores, "rejected_scores", ndim=1)
+    if chosen_scores.shape != rejected_scores.shape or chosen_scores.numel() == 0:
+        raise ValueError(f"need two non-empty (B,) tensors of one shape, got {tuple(chosen_scores.shape)} "
+                         f"and {tuple(rejected_scores.shape)}")
+    d = chosen_scores - rejected_scores
+    return float(((d > 0).double() + 0.5 * (d == 0).double()).mean())
+
+
+def calibration_bins(probs: torch.Tensor, outcomes: torch.Tensor, n_bins: int = 10) -> dict:
+    """Reliability table of predicted probabilities against observed 0/1 outcomes.
+
+    probs, outcomes: (M,). Bins are equal-width on [0, 1] (the last includes 1). Returns
+    {"edges" (n_bins + 1,), "mean_prob", "frequency", "count" (n_bins,) each, "ece"}: per bin the
+    mean prediction, the empirical frequency of outcome 1, the count (empty bins give NaN means),
+    and the expected calibration error sum_b count_b / M * |frequency_b - mean_prob_b|.
+    """
+    check_tensor(probs, "probs", ndim=1, floating=True)
+    check_tensor(outcomes, "outcomes", ndim=1)
+    if probs.shape != outcomes.shape or probs.numel() == 0:
+        raise ValueError(f"probs and outcomes must be non-empty and of one shape, got {tuple(probs.shape)} and {tuple(outcomes.shape)}")
+    if bool(((probs < 0) | (probs > 1)).any()):
+        raise ValueError("probs must lie in [0, 1]")
+    if not isinstance(n_bins, int) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    p, y = probs.double(), outcomes.double()
+    b = (p * n_bins).long().clamp(max=n_bins - 1)  # (M,) bin index
+    count = torch.bincount(b, minlength=n_bins).double()
+    with torch.no_grad():
+        mean_prob = torch.bincount(b, weights=p, minlength=n_bins) / count
+        freq = torch.bincount(b, weights=y, minlength=n_bins) / count
+        nz = count > 0
+        ece = float((count[nz] / count.sum() * (freq[nz] - mean_prob[nz]).abs()).sum())
+    return {"edges": torch.linspace(0, 1, n_bins + 1, dtype=torch.float64), "mean_prob": mean_prob,
+            "frequency": freq, "count": count, "ece": ece}
+
+
+def pair_calibration(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor, n_bins: int = 10) -> dict:
+    """Calibration of the Bradley-Terry probability sigma(r_w - r_l) against the labels.
+
+    Every pair is used in both orientations, (sigma(r_w - r_l), outcome 1) and
+    (sigma(r_l - r_w), outcome 0), so the table does not depend on which side is listed first
+    (a model that always says 0.5 is perfectly calibrated and useless). Returns `calibration_bins`'s dict.
+    """
+    if chosen_scores.shape != rejected_scores.shape:
+        raise ValueError(f"chosen and rejected scores must have one shape, got {tuple(chosen_scores.shape)} and {tuple(rejected_scores.shape)}")
+    p = torch.sigmoid((chosen_scores - rejected_scores).double())  # (B,)
+    return calibration_bins(torch.cat([p, 1 - p]), torch.cat([torch.ones_like(p), torch.zeros_like(p)]), n_bins)
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two (M,) tensors (M >= 2, neither constant)."""
+    check_tensor(x, "x", ndim=1)
+    check_tensor(y, "y", ndim=1)
+    if x.shape != y.shape or x.numel() < 2:
+        raise ValueError(f"need two (M,) tensors of one shape with M >= 2, got {tuple(x.shape)} and {tuple(y.shape)}")
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    den = (x.square().sum() * y.square().sum()).sqrt()
+    if den == 0:
+        raise ValueError("pearson is undefined when x or y is constant")
+    return float((x * y).sum() / den)
+
+
+def _average_ranks(x: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks[order] = torch.arange(len(x), dtype=torch.float64)
+    _, inv = torch.unique(x, return_inverse=True)  # tied values share the mean of their ranks
+    sums = torch.zeros(int(inv.max()) + 1, dtype=torch.float64).index_add_(0, inv, ranks)
+    counts = torch.bincount(inv).double()
+    return (sums / counts)[inv]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation (Pearson on average ranks, so ties are handled) of two (M,) tensors."""
+    check_tensor(x, "x", ndim=1)
+    check_tensor(y, "y", ndim=1)
+    return pearson(_average_ranks(x.double()), _average_ranks(y.double()))
+
+
+@torch.no_grad()
+def evaluate_reward_model(rm, tokenizer, rows, n_bins: int = 10, max_len: int = 96) -> dict:
+    """Score held-out preference rows and compare with the labels and with the gold.
+
+    Returns {"accuracy" (vs the labels, noisy), "gold_accuracy" (vs the gold order: the pair
+    ordered by gold_chosen vs gold_rejected), "label_gold_agreement" (how often the labels follow
+    the gold), "ece", "calibration" (pair_calibration's dict), "pearson", "spearman" (scores vs
+    gold over all scored responses), "chosen_scores", "rejected_scores" (B,)}.
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    enc = encode_pairs(tokenizer, rows, max_len)
+    rm.eval()
+    r = torch.cat([reward_scores(rm, enc["input_ids"][s:s + 512], enc["attention_mask"][s:s + 512])
+                   for s in range(0, enc["input_ids"].shape[0], 512)])
+    B = len(rows)
+    rc, rr = r[:B], r[B:]
+    gc = torch.tensor([row["gold_chosen"] for row in rows], dtype=torch.float64)
+    gr = torch.tensor([row["gold_rejected"] for row in rows], dtype=torch.float64)
+    gold_sign = torch.sign(gc - gr)  # +1 where the label follows the gold
+    if bool((gold_sign == 0).any()):
+        raise ValueError("rows contain gold ties; build them with preference_pairs(drop_ties=True)")
+    cal = pair_calibration(rc, rr, n_bins)
+    return {
+        "accuracy": pairwise_accuracy(rc, rr),
+        "gold_accuracy": pairwise_accuracy(rc * gold_sign.float(), rr * gold_sign.float()),
+        "label_gold_agreement": float((gold_sign > 0).double().mean()),
+        "ece": cal["ece"], "calibration": cal,
+        "pearson": pearson(torch.cat([rc, rr]), torch.cat([gc, gr])),
+        "spearman": spearman(torch.cat([rc, rr]), torch.cat([gc, gr])),
+        "chosen_scores": rc, "rejected_scores": rr,
+    }
+
+
+# ------------------------------------------------------------------------------ best-of-n
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base) = log n - (n - 1) / n nats (Stiennon et al. 2020, appendix; used by
+    Gao et al. 2022). Exact for a continuous reward with no ties; Beirami et al. (2024) show it is
+    an UPPER bound in general (ties and repeated samples make the true KL smaller)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_expectation(proxy: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
+    """E[value of the proxy's best of n], over uniformly random n-subsets of N samples per prompt.
+
+    proxy, values: (P, N), N samples for each of P prompts (proxy decides, values is measured: the
+    proxy itself, or the gold). Sort each row by proxy ascending; the sample of rank i (1-based) is
+    the best of a random n-subset with probability C(i-1, n-1) / C(N, n). This averages over all
+    C(N, n) subsets exactly, so one pool of N samples gives a low-variance curve for every n <= N
+    (the unbiased estimator of Gao et al. 2022, appendix). Proxy ties are broken by sample order.
+    Returns (P,).
+    """
+    check_tensor(proxy, "proxy", ndim=2)
+    if values.shape != proxy.shape:
+        raise ValueError(f"values must have the proxy's shape {tuple(proxy.shape)}, got {tuple(values.shape)}")
+    N = proxy.shape[1]
+    if not isinstance(n, int) or not 1 <= n <= N:
+        raise ValueError(f"n must be an int in [1, {N}], got {n!r}")
+    order = torch.argsort(proxy, dim=1, stable=True)  # ascending
+    v = values.double().gather(1, order)  # (P, N)
+    i = torch.arange(1, N + 1, dtype=torch.float64)
+    log_c = torch.lgamma(i) - torch.lgamma(i - n + 1) - torch.lgamma(torch.tensor(float(n)))  # log C(i-1, n-1)
+    log_w = torch.where(i >= n, log_c, torch.full_like(i, -math.inf))
+    log_w = log_w - (math.lgamma(N + 1) - math.lgamma(n + 1) - math.lgamma(N - n + 1))  # / C(N, n)
+    return (v * log_w.exp()).sum(1)
