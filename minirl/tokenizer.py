@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .lm import left_pad, right_pad
 from .paths import DATA_DIR
 
 EOS_TOKEN = "<|endoftext|>"
@@ -101,17 +102,7 @@ def load_tokenizer(path=TOKENIZER_DIR):
 
 
 def _pad(rows: list[list[int]], pad_id: int, side: str):
-    T = max(len(r) for r in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if side == "right":
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
-        else:
-            ids[i, T - len(r):] = torch.tensor(r)
-            mask[i, T - len(r):] = 1
-    return ids, mask
+    return left_pad(rows, pad_id) if side == "left" else right_pad(rows, pad_id)
 
 
 def _check_side(side):

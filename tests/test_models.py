@@ -179,3 +179,25 @@ def test_hub_classifier_fails_fast_offline(monkeypatch):
     with pytest.raises(models.HubUnavailableError, match="vader"):
         rewards.load_hub_sentiment_classifier("minirl-test/no-such-classifier")
     assert time.perf_counter() - t0 < 15
+
+
+# ---------------------------------------------------------------- SFT loss
+def test_sft_loss_matches_transformers_labels_loss(tok, tiny):
+    from minirl.lm import sequence_logprobs
+    from minirl.losses import sft_loss
+
+    batch = T.encode_prompt_response(tok, ["write a review of the soup:", "Q: 3+4=?"],
+                                     [" the soup was cold.", " 3+4=7. A: 7"])
+    ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    lp = sequence_logprobs(tiny, ids, am)
+    labels = ids.masked_fill(rm == 0, -100)  # transformers ignores -100: prompt and padding
+    ref = tiny(input_ids=ids, attention_mask=am, labels=labels).loss
+    torch.testing.assert_close(sft_loss(lp, rm), ref, atol=1e-5, rtol=1e-5)
+    by_hand = torch.stack([-(lp[i][rm[i].bool()]).mean() for i in range(2)]).mean()
+    torch.testing.assert_close(sft_loss(lp, rm, normalize="sequence"), by_hand)
+    garbage = lp.masked_fill(rm == 0, 123.0)  # entries outside the mask do not count
+    torch.testing.assert_close(sft_loss(garbage, rm), sft_loss(lp, rm))
+    with pytest.raises(ValueError, match="normalize"):
+        sft_loss(lp, rm, normalize="batch")
+    with pytest.raises(ValueError, match="shape"):
+        sft_loss(lp, rm[:, :2])

@@ -5,5 +5,6 @@ Split by concept: `policy_gradient` (REINFORCE, PPO), `preference` (Bradley-Terr
 """
 from .policy_gradient import ppo_policy_loss, ppo_value_loss, reinforce_loss
 from .preference import bradley_terry_loss, cpo_loss, dpo_loss, ipo_loss, kto_loss, orpo_loss, ranking_to_pairs, rrhf_loss, simpo_loss  # noqa: F401
+from .sft import sft_loss  # noqa: F401
 
 __all__ = ["reinforce_loss", "ppo_policy_loss", "ppo_value_loss"]
