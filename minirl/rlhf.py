@@ -263,30 +263,47 @@ def critic_values(critic, sequences, attention_mask, prompt_length: int) -> torc
 
 
 @torch.no_grad()
+def sample(policy, tokenizer, prompts, max_new_tokens: int, temperature: float = 1.0, generator=None) -> Samples:
+    """Generate one response per prompt (list[str]; repeat a prompt n times for n samples) and
+    decode it. Returns a `Samples` without reference log-probs, values or scores."""
+    ids, mask = encode_prompts(tokenizer, list(prompts))  # (B, P), left-padded
+    gen = generate(policy, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                   temperature=temperature, generator=generator)
+    rmask = gen.response_mask.float()
+    has_eos = ((gen.response_ids == tokenizer.eos_token_id) & (gen.response_mask > 0)).any(-1)
+    responses = [tokenizer.decode(r[m > 0], skip_special_tokens=True) for r, m in zip(gen.response_ids, gen.response_mask)]
+    return Samples(list(prompts), responses, gen.sequences, gen.attention_mask, gen.response_ids, rmask,
+                   gen.logprobs * rmask, gen.prompt_length, has_eos)
+
+
+@torch.no_grad()
+def sequence_kl(ref_model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
+    """Per-sequence k1 estimate of KL(pi || pi_ref) for samples drawn from pi: (B,) =
+    sum_t (log pi(y_t) - log pi_ref(y_t)) over the response, with log pi the sampler's log-probs.
+    Its batch mean is the "measured KL" of the reward-KL frontier (lessons 08-10)."""
+    ref_lp = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, temperature)
+    return per_token_kl(s.logprobs, ref_lp * s.response_mask, s.response_mask, "k1").sum(-1)
+
+
+@torch.no_grad()
 def rollout(policy, ref_model, critic, tokenizer, prompts, score_fn, cfg: PPOConfig, generator=None,
             timings: dict | None = None) -> Samples:
     """Generate responses to `prompts` (list[str]), score them, and take the reference log-probs
     and the critic's values. `timings` (a dict) collects seconds under "generate", "score",
     "reference", "value". Scores are returned raw here; see `prepare_scores`."""
     timings = {} if timings is None else timings
-    ids, mask = encode_prompts(tokenizer, list(prompts))  # (B, P), left-padded
     with timer(timings, "generate"):
-        gen = generate(policy, ids, mask, cfg.max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                       temperature=cfg.temperature, generator=generator)
-    rmask = gen.response_mask.float()
-    has_eos = ((gen.response_ids == tokenizer.eos_token_id) & (gen.response_mask > 0)).any(-1)
-    responses = [tokenizer.decode(r[m > 0], skip_special_tokens=True) for r, m in zip(gen.response_ids, gen.response_mask)]
-    s = Samples(list(prompts), responses, gen.sequences, gen.attention_mask, gen.response_ids, rmask,
-                gen.logprobs * rmask, gen.prompt_length, has_eos)
+        s = sample(policy, tokenizer, prompts, cfg.max_new_tokens, cfg.temperature, generator)
     with timer(timings, "score"):
         raw = score_fn(s)
         check_tensor(raw, "score_fn output", ndim=1)
         s.raw_scores = raw.detach().float()
     with timer(timings, "reference"):
-        s.ref_logprobs = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, cfg.temperature) * rmask
+        s.ref_logprobs = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length,
+                                           cfg.temperature) * s.response_mask
     with timer(timings, "value"):
         critic.eval()
-        s.values = critic_values(critic, s.sequences, s.attention_mask, s.prompt_length) * rmask
+        s.values = critic_values(critic, s.sequences, s.attention_mask, s.prompt_length) * s.response_mask
     return s
 
 
