@@ -1,0 +1,126 @@
+"""Best-of-n and rejection-sampling fine-tuning.
+
+Derived in notebooks/09_best_of_n.ipynb. Best-of-n (BoN) draws n responses from pi_ref and keeps
+the one the reward model scores highest; it changes the distribution without training, by
+
+    pi_bon(y) = pi(y) * [F(r(y))^n - F_<(r(y))^n] / [F(r(y)) - F_<(r(y))]          (ties split by pi)
+
+with F(v) = P_pi(r(Y) <= v) and F_<(v) = P_pi(r(Y) < v). Without ties F - F_< = pi(y) -> 0 and
+pi_bon / pi -> n F^(n-1), whose log has expectation log n - (n-1)/n under pi_bon: the analytic
+KL(pi_bon || pi) of Stiennon et al. (2020), an upper bound in general (Beirami et al. 2024); it is
+`minirl.reward_model.best_of_n_kl`, re-exported here.
+
+    best_of_n(scores, n)                           index of each group's best (first on ties)
+    best_of_n_distribution(probs, rewards, n)      pi_bon exactly, on a categorical
+    best_of_n_log_ratio(rewards, pool_rewards, n)  log pi_bon(y) / pi(y) from an empirical CDF: a
+                                                   Monte-Carlo KL for a language model
+    rejection_sampling_round(...)                  sample n per prompt, keep the best, SFT on it
+"""
+from __future__ import annotations
+
+import torch
+
+from .checks import check_probability_vector, check_tensor
+from .lm import response_logprobs
+from .reward_model import best_of_n_kl  # noqa: F401  (re-exported: the analytic KL)
+
+
+def _check_n(n):
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+
+
+def best_of_n(scores: torch.Tensor, n: int) -> torch.Tensor:
+    """scores: (B * n,) with the n samples of each prompt contiguous, or (B, n).
+    Returns (B,) long: the FLAT index (into the B * n samples) of each group's highest score; the
+    first of tied maxima wins (the first drawn, as a sampler that stops at a strict improvement)."""
+    check_tensor(scores, "scores", floating=True)
+    _check_n(n)
+    flat = scores.reshape(-1)
+    if scores.ndim not in (1, 2) or flat.numel() == 0 or flat.numel() % n or (scores.ndim == 2 and scores.shape[1] != n):
+        raise ValueError(f"scores must be (B * n,) or (B, n) with n = {n}, got shape {tuple(scores.shape)}")
+    if not bool(torch.isfinite(flat).all()):
+        raise ValueError("scores must be finite (a NaN would never be selected, or always)")
+    groups = flat.view(-1, n)  # (B, n)
+    is_max = groups == groups.max(dim=1, keepdim=True).values
+    first = is_max.float().argmax(dim=1)  # argmax of a 0/1 row returns its first 1
+    return torch.arange(groups.shape[0]) * n + first
+
+
+def best_of_n_distribution(probs: torch.Tensor, rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """The exact distribution of the best of n i.i.d. draws from a categorical `probs` (..., V)
+    ranked by `rewards` (..., V). Outcomes with equal rewards share their level's mass in
+    proportion to probs (whichever of them is drawn first wins, and it is distributed as probs).
+    Returns (..., V), float64, rows summing to 1."""
+    check_probability_vector(probs, "probs")
+    check_tensor(rewards, "rewards", floating=True)
+    _check_n(n)
+    if rewards.shape != probs.shape:
+        raise ValueError(f"rewards must have the shape of probs {tuple(probs.shape)}, got {tuple(rewards.shape)}")
+    p, r = probs.double(), rewards.double()
+    le = (r.unsqueeze(-2) <= r.unsqueeze(-1)).double()  # (..., V, V): [r_j <= r_i]
+    lt = (r.unsqueeze(-2) < r.unsqueeze(-1)).double()
+    F = (le * p.unsqueeze(-2)).sum(-1)  # (..., V) P(R <= r_i)
+    F_lt = (lt * p.unsqueeze(-2)).sum(-1)  # P(R < r_i)
+    level = F - F_lt  # mass of r_i's level
+    ratio = torch.where(level > 0, (F**n - F_lt**n) / level.clamp_min(1e-300), torch.zeros_like(F))
+    return p * ratio
+
+
+def best_of_n_log_ratio(rewards: torch.Tensor, pool_rewards: torch.Tensor, n: int) -> torch.Tensor:
+    """log pi_bon(y) / pi(y) for selected samples y with rewards (N,), estimated with the empirical
+    CDF of `pool_rewards` (M,), fresh i.i.d. rewards of samples from pi:
+
+        F = (#{pool <= r} + 1) / (M + 1),  F_< = #{pool < r} / (M + 1),
+        log ratio = log[(F^n - F_<^n) / (F - F_<)]     (the sample itself counts as one pool point)
+
+    The ratio depends on y only through its reward level, so no likelihood of y is needed. The
+    mean over BoN samples is a Monte-Carlo estimate of KL(pi_bon || pi); it approaches
+    log n - (n-1)/n when rewards never tie, and falls below it when they do."""
+    check_tensor(rewards, "rewards", ndim=1, floating=True)
+    check_tensor(pool_rewards, "pool_rewards", ndim=1, floating=True)
+    _check_n(n)
+    if pool_rewards.numel() == 0:
+        raise ValueError("pool_rewards must hold at least one reward")
+    r, pool = rewards.double(), pool_rewards.double()
+    M = pool.numel()
+    F = ((pool[None, :] <= r[:, None]).sum(-1) + 1).double() / (M + 1)  # (N,)
+    F_lt = (pool[None, :] < r[:, None]).sum(-1).double() / (M + 1)
+    return torch.log(F**n - F_lt**n) - torch.log(F - F_lt)
+
+
+def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optimizer, max_new_tokens: int = 16,
+                             epochs: int = 1, minibatch_size: int = 16, generator=None) -> dict:
+    """One round of rejection-sampling fine-tuning (best-of-n distillation, as in Llama 2's and
+    the R1 recipe's RS stages): for each prompt draw n responses from the CURRENT policy, keep the
+    one `score_fn` (samples -> (B*n,)) ranks best, then `epochs` passes of SFT on the kept
+    (prompt, response) pairs with the response-masked NLL (minirl.losses.sft.sft_loss, token mean).
+    Returns {"score_all", "score_best", "sft_loss_first", "sft_loss"}: the mean score of all
+    samples, of the kept ones, and the loss of the first and of the last minibatch."""
+    from .losses.sft import sft_loss
+    from .rlhf import sample
+
+    _check_n(n)
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError("prompts must be a non-empty list of str")
+    s = sample(policy, tokenizer, [p for p in prompts for _ in range(n)], max_new_tokens, 1.0, generator)
+    scores = score_fn(s).float()
+    keep = best_of_n(scores, n)  # (B,)
+    seq, attn, rmask = s.sequences[keep], s.attention_mask[keep], s.response_mask[keep]
+    policy.train()
+    B = keep.numel()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, minibatch_size):
+            i = order[start:start + minibatch_size]
+            lp = response_logprobs(policy, seq[i], attn[i], s.prompt_length)
+            loss = sft_loss(lp, rmask[i])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    policy.eval()
+    scores = scores.detach()
+    return {"score_all": float(scores.mean()), "score_best": float(scores[keep].mean()), "sft_loss_first": losses[0],
+            "sft_loss": losses[-1]}

@@ -1,0 +1,102 @@
+"""Best-of-n (minirl.bon): selection, the exact BoN distribution against brute-force enumeration,
+the analytic KL as its no-ties limit and upper bound, the Monte-Carlo log-ratio, one RS round."""
+import itertools
+import math
+
+import pytest
+import torch
+
+from minirl import bon, models, world
+from minirl.tokenizer import load_tokenizer
+
+
+def test_best_of_n_selection():
+    scores = torch.tensor([0.1, 0.7, 0.3, 2.0, 2.0, -1.0])
+    assert bon.best_of_n(scores, 3).tolist() == [1, 3]  # tie at 2.0: the first drawn wins
+    assert bon.best_of_n(scores.view(2, 3), 3).tolist() == [1, 3]
+    assert bon.best_of_n(scores, 1).tolist() == list(range(6))
+    with pytest.raises(ValueError, match="n = 4"):
+        bon.best_of_n(scores, 4)
+    with pytest.raises(ValueError, match="finite"):
+        bon.best_of_n(torch.tensor([0.0, float("nan")]), 2)
+
+
+def brute_force(probs, rewards, n):
+    """Enumerate all V^n ordered draws; the winner is the first draw with the maximal reward."""
+    V = len(probs)
+    out = torch.zeros(V, dtype=torch.float64)
+    for draw in itertools.product(range(V), repeat=n):
+        best = max(rewards[i] for i in draw)
+        winner = next(i for i in draw if rewards[i] == best)
+        out[winner] += math.prod(probs[i] for i in draw)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_distribution_matches_enumeration_with_ties(n):
+    probs = [0.1, 0.25, 0.3, 0.05, 0.3]
+    rewards = [0.2, 1.0, 0.2, -1.0, 1.0]  # two tie groups
+    exact = bon.best_of_n_distribution(torch.tensor(probs, dtype=torch.float64), torch.tensor(rewards), n)
+    torch.testing.assert_close(exact, brute_force(probs, rewards, n))
+    assert abs(float(exact.sum()) - 1) < 1e-12
+
+
+def kl(q, p):
+    q, p = q.double(), p.double()
+    return float((q * (q.log() - p.log())).where(q > 0, torch.zeros_like(q)).sum())
+
+
+def test_analytic_kl_is_the_no_tie_limit_and_an_upper_bound():
+    assert bon.best_of_n_kl(1) == 0.0
+    assert math.isclose(bon.best_of_n_kl(2), math.log(2) - 0.5)
+    V = 4000
+    p = torch.full((V,), 1.0 / V, dtype=torch.float64)
+    r = torch.randn(V, generator=torch.Generator().manual_seed(0))
+    for n in (2, 4, 16):
+        k = kl(bon.best_of_n_distribution(p, r, n), p)
+        assert k <= bon.best_of_n_kl(n) + 1e-12
+        assert bon.best_of_n_kl(n) - k < 5e-3  # many small atoms: nearly continuous
+    # a coarse categorical sits well below the bound, ties even lower
+    p3 = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    k_distinct = kl(bon.best_of_n_distribution(p3, torch.tensor([0.0, 1.0, 2.0]), 4), p3)
+    k_tied = kl(bon.best_of_n_distribution(p3, torch.tensor([0.0, 1.0, 1.0]), 4), p3)
+    assert k_tied < k_distinct < bon.best_of_n_kl(4) - 0.05
+
+
+def test_monte_carlo_log_ratio():
+    g = torch.Generator().manual_seed(1)
+    n, N = 4, 4000
+    pool = torch.randn(20000, generator=g)
+    draws = torch.randn(N * n, generator=g)
+    best = draws[bon.best_of_n(draws, n)]
+    est = float(bon.best_of_n_log_ratio(best, pool, n).mean())
+    assert abs(est - bon.best_of_n_kl(n)) < 0.03, est
+    # a two-level reward: the estimate matches the exact KL, far below the analytic bound
+    probs = torch.tensor([0.7, 0.3], dtype=torch.float64)
+    levels = torch.tensor([0.0, 1.0])
+    pool_d = levels[torch.multinomial(probs, 20000, replacement=True, generator=g)]
+    draws_d = levels[torch.multinomial(probs, N * n, replacement=True, generator=g)]
+    est_d = float(bon.best_of_n_log_ratio(draws_d[bon.best_of_n(draws_d, n)], pool_d, n).mean())
+    exact_d = kl(bon.best_of_n_distribution(probs, levels, n), probs)
+    assert abs(est_d - exact_d) < 0.02 and exact_d < bon.best_of_n_kl(n) - 0.15
+    with pytest.raises(ValueError, match="pool_rewards"):
+        bon.best_of_n_log_ratio(best, torch.zeros(0), n)
+
+
+def test_rejection_sampling_round_runs_and_selects():
+    tok = load_tokenizer()
+    policy = models.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2)
+    opt = torch.optim.Adam(policy.parameters(), lr=3e-2)
+    prompts = [p["prompt"] for p in world.sentiment_prompts(16)]
+
+    def low_ids(s):
+        return ((s.response_ids < 64) & (s.response_mask > 0)).float().sum(-1) / s.response_mask.sum(-1)
+
+    g = torch.Generator().manual_seed(0)
+    out = bon.rejection_sampling_round(policy, tok, prompts, low_ids, 4, opt, max_new_tokens=6, generator=g)
+    assert out["score_best"] >= out["score_all"] and math.isfinite(out["sft_loss"])
+    before = out["score_all"]
+    for _ in range(3):
+        out = bon.rejection_sampling_round(policy, tok, prompts, low_ids, 4, opt, max_new_tokens=6, epochs=3, generator=g)
+        assert out["sft_loss"] < out["sft_loss_first"] - 0.3  # SFT fits the kept responses
+    assert out["score_all"] > before, (before, out)
