@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from .checks import check_tensor
-from .kl import categorical_kl
 
 
 @dataclass
@@ -108,13 +107,23 @@ def expected_return(chain: TokenChain, probs: torch.Tensor) -> torch.Tensor:
     return chain.start @ V[0]
 
 
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits - logsumexp(logits) over the last dimension: the same as `torch.log_softmax`.
+
+    Written out because on a busy multi-core CPU torch's (log_)softmax kernels on tiny tensors can
+    cost ~10 ms per call (thread synchronization), which dominates a tabular training loop."""
+    return logits - torch.logsumexp(logits, -1, keepdim=True)
+
+
 def policy_kl(chain: TokenChain, logits_old: torch.Tensor, logits_new: torch.Tensor) -> torch.Tensor:
     """Exact per-token KL(pi_old || pi_new), averaged over the states pi_old visits:
     (1/T) sum_t sum_s d_old[t, s] KL(pi_old(.|t, s) || pi_new(.|t, s)). The quantity that PPO's
     `approx_kl` estimates from samples. logits (T, S, A)."""
-    probs_old = torch.softmax(logits_old, -1)
+    log_old, log_new = log_softmax(logits_old), log_softmax(logits_new)
+    probs_old = log_old.exp()
     d = state_distribution(chain, probs_old)  # (T, S)
-    return (d * categorical_kl(logits_old, logits_new)).sum() / chain.horizon
+    kl = (probs_old * (log_old - log_new)).sum(-1)  # (T, S), = minirl.kl.categorical_kl
+    return (d * kl).sum() / chain.horizon
 
 
 def sample(chain: TokenChain, probs: torch.Tensor, n: int, generator: torch.Generator | None = None) -> dict:

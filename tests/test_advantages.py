@@ -221,5 +221,11 @@ def test_toy_mdp_exact_quantities():
     mc_J = batch["rewards"].sum(1).mean().item()
     assert abs(mc_J - toy_mdp.expected_return(chain, probs.detach()).item()) < 4 * batch["rewards"].sum(1).std().item() / 4000**0.5
     assert toy_mdp.policy_kl(chain, logits.detach(), logits.detach()).item() == 0
+    from minirl.kl import categorical_kl
+
+    other = torch.randn(5, 4, 3, generator=g, dtype=D)
+    torch.testing.assert_close(toy_mdp.log_softmax(other), torch.log_softmax(other, -1))
+    want = (d * categorical_kl(logits.detach(), other)).sum() / 5
+    torch.testing.assert_close(toy_mdp.policy_kl(chain, logits.detach(), other), want)
     with pytest.raises(ValueError):
         toy_mdp.exact_values(chain, probs.detach()[:, :, :2], 1.0)
