@@ -194,7 +194,10 @@ def describe_machine(device) -> str:
     else:
         text += f" ({platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, " \
                 f"torch threads {torch.get_num_threads()})"
-    return text + f"; torch {torch.__version__}"
+    text += f"; torch {torch.__version__}"
+    if hasattr(os, "getloadavg"):  # other processes competing for the cores inflate every time below
+        text += f"; load average {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores"
+    return text
 
 
 def main(argv=None, cases: list[Case] | None = None) -> list[dict]:
