@@ -1,0 +1,322 @@
+"""DPO on a language model: sequence log-probs of chosen and rejected responses, one training step,
+a short training loop, implicit-reward accuracy, and the reward-KL measurement of a trained policy.
+
+Derived in notebooks/10_dpo.ipynb (Rafailov et al. 2023, "Direct Preference Optimization"). The
+loss itself is `minirl.losses.dpo_loss`; the bandit case, where DPO's optimum can be checked
+against RLHF's pi* exactly, is `minirl.dpo_bandit`.
+
+    encode_preferences(tok, rows)          chosen and rejected texts in ONE (2B, T) batch
+    sequence_logps(model, batch)           log pi(y | x) summed over each row's response tokens (N,)
+    concatenated_logps(model, batch)       (chosen (B,), rejected (B,)) from one forward over 2B rows
+    dpo_gradient_weights(r_w, r_l)         sigma(r_hat_l - r_hat_w), DPO's per-pair gradient weight
+    dpo_step(policy, opt, batch, ...)      one AdamW step on dpo_loss, returns detached statistics
+    train_dpo(policy, ref, tok, rows, cfg) epochs of minibatches; reference log-probs computed once
+    implicit_rewards(policy, ref, tok, rows, beta)   r_hat = beta log(pi / pi_ref) on held-out pairs
+    evaluate_samples(policy, ref, tok, prompts, gold_fn)   gold reward and KL(pi || pi_ref) of samples
+
+Batch layout (TRL's "concatenated forward"): rows 0..B-1 hold prompt + chosen response, rows
+B..2B-1 prompt + rejected response, right-padded to one width. `response_mask` is 1 exactly on the
+response tokens (their EOS included), so the prompt and the padding never count. One forward pass
+serves both halves, which halves the number of model calls and puts chosen and rejected through
+the same kernel shapes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from .checks import check_finite, check_tensor
+from .lm import sequence_logprobs, sequence_sum
+from .losses import dpo_loss
+from .losses.preference import DPO_LOSS_TYPES
+from .tokenizer import encode_prompt_response
+
+__all__ = [
+    "DPOConfig",
+    "encode_preferences",
+    "sequence_logps",
+    "concatenated_logps",
+    "dpo_gradient_weights",
+    "dpo_step",
+    "train_dpo",
+    "implicit_rewards",
+    "evaluate_samples",
+]
+
+
+@dataclass
+class DPOConfig:
+    """Hyperparameters of `train_dpo` (one flat config). Defaults suit the tiny model on a CPU."""
+
+    beta: float = 0.1
+    """KL strength of the implicit objective; r_hat = beta log(pi / pi_ref) [DPO paper: 0.1]"""
+    loss_type: str = "sigmoid"
+    """"sigmoid" (DPO), "hinge" (SLiC) or "ipo", as in `minirl.losses.dpo_loss`"""
+    label_smoothing: float = 0.0
+    """conservative DPO: the assumed fraction of flipped labels (sigmoid only)"""
+    lr: float = 1e-3
+    """AdamW learning rate (the tiny model; GPT-2-scale DPO uses about 1e-6 to 5e-7)"""
+    epochs: int = 2
+    """passes over the preference pairs"""
+    batch_size: int = 32
+    """pairs per optimizer step (the forward pass sees 2 * batch_size sequences)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    max_grad_norm: float = 1.0
+    """gradient-norm clip; math.inf disables it"""
+    max_len: int = 96
+    """token budget per prompt + response (longer responses lose their end)"""
+    seed: int = 0
+    """seed of the generator that shuffles the pairs each epoch"""
+    log_every: int = 5
+    """record the mean statistics of the last `log_every` steps (and the held-out ones) this often"""
+
+
+def _check_config(cfg: DPOConfig) -> None:
+    if not cfg.beta > 0:
+        raise ValueError(f"beta must be > 0, got {cfg.beta}")
+    if cfg.loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {cfg.loss_type!r}")
+    for name in ("epochs", "batch_size", "log_every", "max_len"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if not cfg.lr > 0:
+        raise ValueError(f"lr must be > 0, got {cfg.lr}")
+
+
+# ------------------------------------------------------------------------------ batches
+
+
+def encode_preferences(tokenizer, rows, max_len: int = 96) -> dict:
+    """Tokenize preference rows {"prompt", "chosen", "rejected"} (extra keys ignored; a
+    `datasets.Dataset` works too) into one right-padded batch.
+
+    Returns {"input_ids", "attention_mask", "response_mask"}, each (2B, T) long: rows 0..B-1 are
+    prompt + chosen, rows B..2B-1 prompt + rejected (EOS appended to every response).
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("rows is empty: need at least one preference pair")
+    missing = [k for k in ("prompt", "chosen", "rejected") if k not in rows[0]]
+    if missing:
+        raise ValueError(f"preference rows need keys prompt, chosen, rejected; missing {missing}")
+    prompts = [r["prompt"] for r in rows] * 2
+    responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
+    return encode_prompt_response(tokenizer, prompts, responses, max_len=max_len)
+
+
+def _select(batch: dict, idx: torch.Tensor) -> dict:
+    """Rows `idx` of a (N, T) batch, with all-padding columns on the right dropped."""
+    out = {k: batch[k][idx] for k in ("input_ids", "attention_mask", "response_mask")}
+    width = max(int(out["attention_mask"].sum(-1).max()), 2)
+    return {k: v[:, :width] for k, v in out.items()}
+
+
+def _check_batch(batch: dict) -> None:
+    if not isinstance(batch, dict) or not {"input_ids", "attention_mask", "response_mask"} <= set(batch):
+        raise ValueError("batch must be a dict with input_ids, attention_mask, response_mask (see encode_preferences)")
+    ids = batch["input_ids"]
+    check_tensor(ids, "input_ids", ndim=2)
+    for k in ("attention_mask", "response_mask"):
+        if batch[k].shape != ids.shape:
+            raise ValueError(f"{k} must have the shape of input_ids {tuple(ids.shape)}, got {tuple(batch[k].shape)}")
+    if bool((batch["response_mask"].bool() & ~batch["attention_mask"].bool()).any()):
+        raise ValueError("response_mask is 1 on a padded position (attention_mask 0): the masks disagree")
+
+
+def sequence_logps(model, batch: dict) -> torch.Tensor:
+    """log pi(y | x) = sum_t response_mask_t * log pi(y_t | x, y_<t) for every row: (N, T) -> (N,).
+
+    One teacher-forced forward (`minirl.lm.sequence_logprobs`), then the masked sum over the
+    response tokens. Gradients flow; wrap in torch.no_grad() for the reference."""
+    _check_batch(batch)
+    logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (N, T)
+    return sequence_sum(logprobs, batch["response_mask"])  # (N,)
+
+
+def concatenated_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen (B,), rejected (B,)) sequence log-probs from ONE forward over the (2B, T) batch of
+    `encode_preferences` (first half chosen, second half rejected)."""
+    _check_batch(batch)
+    n = batch["input_ids"].shape[0]
+    if n % 2:
+        raise ValueError(f"a preference batch has 2B rows (B chosen, then B rejected), got {n} rows")
+    logps = sequence_logps(model, batch)  # (2B,)
+    return logps[: n // 2], logps[n // 2:]
+
+
+@torch.no_grad()
+def _all_logps(model, batch: dict, chunk: int = 512) -> torch.Tensor:
+    """sequence_logps over a large (N, T) batch in chunks of rows, no gradient: (N,)."""
+    n = batch["input_ids"].shape[0]
+    return torch.cat([sequence_logps(model, _select(batch, torch.arange(s, min(s + chunk, n))))
+                      for s in range(0, n, chunk)])
+
+
+# ------------------------------------------------------------------------------ the step
+
+
+def dpo_gradient_weights(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """sigma(r_hat_l - r_hat_w): (B,), (B,) -> (B,). The DPO (sigmoid) loss's gradient with respect
+    to the log-prob of y_w is -beta * weight / B, and with respect to y_l it is +beta * weight / B:
+    pairs the implicit reward ranks wrongly get weight near 1, pairs it already ranks right by a
+    wide margin get weight near 0 (Rafailov et al. 2023, Section 4)."""
+    check_tensor(chosen_rewards, "chosen_rewards", ndim=1, floating=True)
+    if rejected_rewards.shape != chosen_rewards.shape:
+        raise ValueError(f"rejected_rewards must have shape {tuple(chosen_rewards.shape)}, got {tuple(rejected_rewards.shape)}")
+    return torch.sigmoid(rejected_rewards - chosen_rewards)
+
+
+def dpo_step(policy, optimizer, batch: dict, ref_chosen_logps: torch.Tensor, ref_rejected_logps: torch.Tensor,
+             cfg: DPOConfig) -> dict:
+    """One optimizer step on `minirl.losses.dpo_loss` for a (2B, T) preference batch.
+
+    ref_chosen_logps, ref_rejected_logps: (B,) reference sequence log-probs of the same pairs
+    (computed once, without gradient). Returns floats: loss, chosen_logps, rejected_logps (means of
+    log pi over the batch), chosen_rewards, rejected_rewards (means of r_hat), margin, accuracy
+    (fraction with r_hat_w > r_hat_l), grad_weight (mean sigma(r_hat_l - r_hat_w)).
+    Raises FloatingPointError on a non-finite loss.
+    """
+    _check_config(cfg)
+    policy.train()
+    chosen, rejected = concatenated_logps(policy, batch)  # (B,), (B,)
+    loss, stats = dpo_loss(chosen, rejected, ref_chosen_logps, ref_rejected_logps, beta=cfg.beta,
+                           label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type)
+    check_finite(loss, "DPO loss")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if math.isfinite(cfg.max_grad_norm):
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    w = dpo_gradient_weights(stats["chosen_rewards"], stats["rejected_rewards"])
+    return {
+        "loss": float(loss.detach()),
+        "chosen_logps": float(chosen.detach().mean()),
+        "rejected_logps": float(rejected.detach().mean()),
+        "chosen_rewards": float(stats["chosen_rewards"].mean()),
+        "rejected_rewards": float(stats["rejected_rewards"].mean()),
+        "margin": float(stats["reward_margin"]),
+        "accuracy": float(stats["reward_accuracy"]),
+        "grad_weight": float(w.mean()),
+    }
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+@torch.no_grad()
+def implicit_rewards(policy, ref_model, tokenizer, rows, beta: float, max_len: int = 96, batch: dict | None = None,
+                     ref_logps: torch.Tensor | None = None) -> dict:
+    """Implicit rewards r_hat = beta (log pi(y|x) - log pi_ref(y|x)) of every chosen and rejected
+    response in `rows` (B pairs), e.g. held-out pairs.
+
+    Returns {"chosen_rewards", "rejected_rewards", "chosen_logps", "rejected_logps" (B,) each,
+    "accuracy" (fraction of pairs with r_hat_w > r_hat_l, a tie counting 1/2, against the labels),
+    "margin" (mean r_hat_w - r_hat_l)}; with "gold_chosen"/"gold_rejected" in the rows also
+    "gold_accuracy": the same against the gold order (the labels may be noisy).
+    `batch` / `ref_logps` (2B,) may be passed to skip re-encoding / the reference forward."""
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    rows = list(rows)
+    batch = encode_preferences(tokenizer, rows, max_len) if batch is None else batch
+    was_training = policy.training
+    policy.eval()
+    logps = _all_logps(policy, batch)  # (2B,)
+    policy.train(was_training)
+    ref = _all_logps(ref_model, batch) if ref_logps is None else ref_logps
+    B = len(rows)
+    if logps.shape != (2 * B,) or ref.shape != (2 * B,):
+        raise ValueError(f"batch / ref_logps must hold 2 * {B} rows, got {tuple(logps.shape)} and {tuple(ref.shape)}")
+    r = beta * (logps - ref)  # (2B,)
+    rw, rl = r[:B], r[B:]
+    d = rw - rl
+    out = {"chosen_rewards": rw, "rejected_rewards": rl, "chosen_logps": logps[:B], "rejected_logps": logps[B:],
+           "accuracy": float(((d > 0).double() + 0.5 * (d == 0).double()).mean()), "margin": float(d.mean())}
+    if "gold_chosen" in rows[0]:
+        sign = torch.tensor([math.copysign(1.0, x["gold_chosen"] - x["gold_rejected"]) for x in rows], dtype=d.dtype)
+        dg = d * sign
+        out["gold_accuracy"] = float(((dg > 0).double() + 0.5 * (dg == 0).double()).mean())
+    return out
+
+
+def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, eval_rows=None) -> list[dict]:
+    """Train `policy` in place by DPO on preference rows against the frozen `ref_model`.
+
+    The reference log-probs of every pair are computed once up front (TRL's precompute_ref_logps):
+    the reference never changes, so recomputing them each step would only cost time. Each epoch
+    shuffles the pairs (generator seeded with cfg.seed) and takes AdamW steps of `dpo_step` on
+    minibatches of cfg.batch_size pairs. Every cfg.log_every steps a row is recorded: step, epoch,
+    the means of `dpo_step`'s statistics over those steps, and, with eval_rows, the held-out
+    "eval_accuracy", "eval_margin", "eval_chosen_logps", "eval_rejected_logps" (means) from
+    `implicit_rewards`. A row at step 0 (before training) is recorded too. Returns the rows.
+    """
+    cfg = cfg or DPOConfig()
+    _check_config(cfg)
+    rows = list(rows)
+    batch = encode_preferences(tokenizer, rows, cfg.max_len)
+    ref = _all_logps(ref_model, batch)  # (2B,) computed once
+    B = len(rows)
+    ev = None
+    if eval_rows is not None:
+        eval_rows = list(eval_rows)
+        ev_batch = encode_preferences(tokenizer, eval_rows, cfg.max_len)
+        ev = (eval_rows, ev_batch, _all_logps(ref_model, ev_batch))
+
+    def eval_stats():
+        if ev is None:
+            return {}
+        e = implicit_rewards(policy, ref_model, tokenizer, ev[0], cfg.beta, batch=ev[1], ref_logps=ev[2])
+        return {"eval_accuracy": e["accuracy"], "eval_margin": e["margin"],
+                "eval_chosen_logps": float(e["chosen_logps"].mean()),
+                "eval_rejected_logps": float(e["rejected_logps"].mean())}
+
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    history, buf, step = [{"step": 0, "epoch": 0, **eval_stats()}], [], 0
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(B, generator=g)
+        for s in range(0, B, cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            mb = _select(batch, torch.cat([idx, idx + B]))  # chosen rows, then their rejected rows
+            buf.append(dpo_step(policy, opt, mb, ref[idx], ref[idx + B], cfg))
+            step += 1
+            if step % cfg.log_every == 0:
+                mean = {k: sum(d[k] for d in buf) / len(buf) for k in buf[0]}
+                history.append({"step": step, "epoch": epoch, **mean, **eval_stats()})
+                buf = []
+    policy.eval()
+    return history
+
+
+@torch.no_grad()
+def evaluate_samples(policy, ref_model, tokenizer, prompts, gold_fn: Callable[[str, str], float],
+                     max_new_tokens: int = 16, temperature: float = 1.0, generator=None) -> dict:
+    """Where a policy sits on the reward-KL plane: sample one response per prompt (repeat prompts
+    for more), score it with gold_fn(prompt, response), and estimate KL(pi || pi_ref) per sequence
+    by k1 on the samples (`minirl.rlhf.sequence_kl`: sum over the response of log pi - log pi_ref,
+    both at `temperature`).
+
+    Returns floats {"gold", "gold_sem", "kl", "kl_sem", "length"}: means over the samples, their
+    standard errors, and the mean response length in tokens (EOS included)."""
+    from .rlhf import sample, sequence_kl  # lesson 08's sampler and KL, shared so the points compare
+
+    prompts = list(prompts)
+    if not prompts:
+        raise ValueError("prompts must be a non-empty list of str")
+    policy.eval()
+    s = sample(policy, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=generator)
+    kl = sequence_kl(ref_model, s, temperature).double()  # (N,)
+    gold = torch.tensor([float(gold_fn(p, r)) for p, r in zip(s.prompts, s.responses)], dtype=torch.float64)
+    n = len(prompts)
+    sem = (lambda x: float(x.std() / math.sqrt(n)) if n > 1 else float("nan"))
+    return {"gold": float(gold.mean()), "gold_sem": sem(gold), "kl": float(kl.mean()), "kl_sem": sem(kl),
+            "length": float(s.response_mask.sum(-1).mean())}
+
+
+def config_dict(cfg: DPOConfig) -> dict:
+    """The config as a plain dict (for logs)."""
+    return asdict(cfg)
