@@ -413,8 +413,9 @@ def prepare_scores(state: PPOState, s: Samples, cfg: PPOConfig) -> torch.Tensor:
 
 def ppo_iteration(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None) -> dict:
     """One rollout + update on `prompts` (list[str] of length cfg.batch_size). Returns the row of
-    statistics (also appended to state.history). Raises FloatingPointError, naming the statistic
-    and its threshold, on a non-finite score or loss, or a KL above cfg.max_kl."""
+    statistics (also appended to state.history). `gold_fn` (optional, samples -> (B,), or a dict
+    of such tensors) is logged as "gold" (or "gold_<key>"), never trained on. Raises
+    FloatingPointError, naming the statistic and its threshold, on a non-finite score or loss, or a KL above cfg.max_kl."""
     t = {}
     beta = state.controller.value
     s = rollout(state.policy, state.ref_model, state.critic, tokenizer, prompts, score_fn, cfg, state.generator, t)
@@ -449,7 +450,9 @@ def ppo_iteration(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig,
         "eos_fraction": float(s.has_eos.float().mean()),
     }
     if gold_fn is not None:
-        row["gold"] = float(gold_fn(s).float().mean())
+        gold = gold_fn(s)
+        golds = gold if isinstance(gold, dict) else {"": gold}
+        row.update({f"gold_{k}" if k else "gold": float(v.float().mean()) for k, v in golds.items()})
     row.update({f"time_{k}": v for k, v in t.items()})
     state.history.append(row)
     state.last_samples = s

@@ -158,7 +158,9 @@ def test_config_validation(tok):
 
 def test_ppo_raises_an_easy_reward(tok):
     cfg = rlhf.PPOConfig(n_iterations=10, batch_size=16, minibatch_size=8, max_new_tokens=6, lr=1e-2, kl_coef=0.0)
-    rows = rlhf.train_ppo(rlhf.init_ppo(tiny(tok), cfg), tok, PROMPTS, low_id_fraction, cfg)
+    golds = lambda s: {"len": s.response_mask.sum(-1), "zero": torch.zeros(s.response_mask.shape[0])}
+    rows = rlhf.train_ppo(rlhf.init_ppo(tiny(tok), cfg), tok, PROMPTS, low_id_fraction, cfg, gold_fn=golds)
+    assert rows[0]["gold_zero"] == 0.0 and 1 <= rows[0]["gold_len"] <= 6
     first = sum(r["score"] for r in rows[:3]) / 3
     last = sum(r["score"] for r in rows[-3:]) / 3
     assert last > first + 0.08, (first, last)
