@@ -66,7 +66,6 @@ def tiny_gpt2_config(vocab_size: int, n_layer: int = 2, n_embd: int = 96, n_head
         vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=eos_token_id,
         eos_token_id=eos_token_id, pad_token_id=pad_token_id, tie_word_embeddings=True,
-        loss_type="ForCausalLM",  # named, so that `labels=` does not warn about an unknown loss
     )
 
 
@@ -115,6 +114,8 @@ def save_checkpoint(model, tokenizer, path, samples: list | None = None) -> Path
 
 
 def _set_generation_ids(model, tokenizer) -> None:
+    if getattr(model, "loss_type", "") is None:  # GPT2LMHeadModel's class name maps to no loss:
+        model.loss_type = "ForCausalLM"           # name it, so `labels=` does not log a warning
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     gc = getattr(model, "generation_config", None)
