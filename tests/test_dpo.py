@@ -126,7 +126,7 @@ def test_evaluate_samples_at_the_reference_has_zero_kl(tok):
     out = dpo.evaluate_samples(policy, ref, tok, prompts, lambda p, y: float(len(y)), max_new_tokens=8,
                                generator=torch.Generator().manual_seed(0))
     assert abs(out["kl"]) < 1e-4 and out["kl_sem"] < 1e-4  # k1 of identical models: 0 up to round-off
-    assert 1 <= out["length"] <= 8 and out["gold"] > 0
+    assert 1 <= out["length"] <= 8 and out["gold"] > 0 and out["logp"] < 0
     # one-token responses: the k1 mean must agree with the exact KL of the next-token distributions
     other = tiny(tok, seed=1)
     prompts = [r["prompt"] for r in ROWS]
