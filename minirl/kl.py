@@ -35,12 +35,8 @@ def k3(log_r: torch.Tensor) -> torch.Tensor:
     return torch.expm1(log_r) - log_r
 
 
-def categorical_kl(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
-    """Exact KL(q || p) = sum_v q(v) (log q(v) - log p(v)) over the last dimension.
-
-    logits_q, logits_p: (..., V) unnormalized log-probabilities (log-softmax is applied here).
-    Returns (...). Zero-probability entries of q contribute 0; where q > 0 and p = 0 the KL is inf.
-    """
+def _check_logits_pair(logits_q: torch.Tensor, logits_p: torch.Tensor) -> None:
+    """Two floating (..., V) logit tensors of one shape with a non-empty vocabulary dimension."""
     check_tensor(logits_q, "logits_q", floating=True)
     check_tensor(logits_p, "logits_p", floating=True)
     if logits_q.shape != logits_p.shape:
@@ -50,6 +46,15 @@ def categorical_kl(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tens
         )
     if logits_q.ndim == 0 or logits_q.shape[-1] == 0:
         raise ValueError("logits must have a non-empty last (vocabulary) dimension")
+
+
+def categorical_kl(logits_q: torch.Tensor, logits_p: torch.Tensor) -> torch.Tensor:
+    """Exact KL(q || p) = sum_v q(v) (log q(v) - log p(v)) over the last dimension.
+
+    logits_q, logits_p: (..., V) unnormalized log-probabilities (log-softmax is applied here).
+    Returns (...). Zero-probability entries of q contribute 0; where q > 0 and p = 0 the KL is inf.
+    """
+    _check_logits_pair(logits_q, logits_p)
     log_q = torch.log_softmax(logits_q, dim=-1)
     log_p = torch.log_softmax(logits_p, dim=-1)
     q = log_q.exp()
@@ -148,15 +153,7 @@ def expected_estimator_gradient(estimator, logits_q: torch.Tensor, logits_p: tor
     estimator: elementwise function of log_r (e.g. `k1`, `k2`, `k3`). logits_q, logits_p: (..., V),
     same shape, floating point; leading dimensions are independent distributions. Returns (..., V).
     """
-    check_tensor(logits_q, "logits_q", floating=True)
-    check_tensor(logits_p, "logits_p", floating=True)
-    if logits_q.shape != logits_p.shape:
-        raise ValueError(
-            f"logits_q and logits_p must have the same shape, got {tuple(logits_q.shape)} "
-            f"and {tuple(logits_p.shape)}"
-        )
-    if logits_q.ndim == 0 or logits_q.shape[-1] == 0:
-        raise ValueError("logits must have a non-empty last (vocabulary) dimension")
+    _check_logits_pair(logits_q, logits_p)
     if mode not in ("loss", "reward"):
         raise ValueError(f"mode must be 'loss' or 'reward', got {mode!r}")
     if not callable(estimator):
