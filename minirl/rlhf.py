@@ -39,6 +39,7 @@ from .losses import ppo_policy_loss, ppo_value_loss
 from .lm import generate, response_logprobs
 from .masks import masked_mean
 from .models import ScalarHeadModel, last_token_scores
+from .world import read_jsonl  # noqa: F401  (re-exported: reads the JSONL logs written by train_ppo)
 from .tokenizer import encode_prompts
 from .utils import timer
 
@@ -465,11 +466,6 @@ def append_jsonl(path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def read_jsonl(path) -> list[dict]:
-    """The rows of a JSONL log."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None, log_path=None) -> list[dict]:
