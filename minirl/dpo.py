@@ -23,7 +23,7 @@ the same kernel shapes.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -33,6 +33,7 @@ from .lm import sequence_logprobs, sequence_sum
 from .losses import dpo_loss
 from .losses.preference import DPO_LOSS_TYPES
 from .tokenizer import encode_prompt_response
+from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
 __all__ = [
     "DPOConfig",
@@ -317,8 +318,3 @@ def evaluate_samples(policy, ref_model, tokenizer, prompts, gold_fn: Callable[[s
     sem = (lambda x: float(x.std() / math.sqrt(n)) if n > 1 else float("nan"))
     return {"gold": float(gold.mean()), "gold_sem": sem(gold), "kl": float(kl.mean()), "kl_sem": sem(kl),
             "length": float(s.response_mask.sum(-1).mean()), "logp": float(s.logprobs.sum(-1).mean())}
-
-
-def config_dict(cfg: DPOConfig) -> dict:
-    """The config as a plain dict (for logs)."""
-    return asdict(cfg)

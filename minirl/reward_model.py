@@ -24,7 +24,7 @@ prefers neither, so their label is a coin toss that teaches nothing.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,7 @@ from .losses import bradley_terry_loss, ranking_to_pairs
 from .models import last_token_scores
 from .tokenizer import encode_prompt_response, encode_prompts
 from .world import gold_sentiment, write_jsonl
+from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
 TINY_RM_NAME = "tiny-rm"  # data/tiny-rm/: the reward model lesson 05 ships
 
@@ -279,9 +280,6 @@ def train_reward_model(rm, tokenizer, rows, config: RewardModelConfig | None = N
     return history
 
 
-def config_dict(config: RewardModelConfig) -> dict:
-    """The config as a plain dict (for saving next to a checkpoint)."""
-    return asdict(config)
 
 
 # ------------------------------------------------------------------------------ evaluation

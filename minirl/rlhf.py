@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -42,6 +42,7 @@ from .models import ScalarHeadModel, last_token_scores
 from .world import read_jsonl  # noqa: F401  (re-exported: reads the JSONL logs written by train_ppo)
 from .tokenizer import encode_prompts
 from .utils import timer
+from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
 KL_ESTIMATORS = {"k1": kl_mod.k1, "k2": kl_mod.k2, "k3": kl_mod.k3}
 
@@ -490,8 +491,3 @@ def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gol
         if log_path is not None:
             append_jsonl(log_path, row)
     return state.history
-
-
-def config_dict(cfg: PPOConfig) -> dict:
-    """The config as a plain dict (for logs)."""
-    return asdict(cfg)

@@ -60,3 +60,13 @@ def timer(results: dict | None = None, key: str = "seconds"):
         yield out
     finally:
         out[key] = out.get(key, 0.0) + time.perf_counter() - t0
+
+
+def config_dict(config) -> dict:
+    """A dataclass config (PPOConfig, DPOConfig, RewardModelConfig, ...) as a plain dict, for logs
+    and for saving next to a checkpoint. Re-exported by the modules that define those configs."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise ValueError(f"config_dict expects a dataclass instance, got {type(config).__name__}")
+    return dataclasses.asdict(config)
