@@ -11,7 +11,6 @@ from minirl import dpo, models
 from minirl.losses import dpo_loss
 from minirl.kl import categorical_kl
 from minirl.lm import left_pad, position_ids_from_mask, sequence_logprobs
-from minirl.tokenizer import load_tokenizer
 
 ROWS = [
     {"prompt": "write a review of the soup:", "chosen": " the soup was great and tasty.",
@@ -22,10 +21,6 @@ ROWS = [
      "rejected": " bland tea.", "gold_chosen": -0.2, "gold_rejected": 0.3},  # a label against the gold
 ]
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny(tok, seed=0):

@@ -9,10 +9,6 @@ from minirl import models, rewards
 from minirl import tokenizer as T
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return T.load_tokenizer()
-
 
 @pytest.fixture(scope="module")
 def tiny(tok):

@@ -16,10 +16,6 @@ from minirl.tokenizer import encode_prompt_response, load_tokenizer
 TINY_RM_DIR = DATA_DIR / R.TINY_RM_NAME
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
-
 
 @pytest.fixture(scope="module")
 def small_rm(tok):

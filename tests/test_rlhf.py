@@ -8,12 +8,7 @@ import torch
 
 from minirl import kl as kl_mod
 from minirl import models, rlhf, world
-from minirl.tokenizer import load_tokenizer
 
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer()
 
 
 def tiny(tok, seed=0):

@@ -109,10 +109,6 @@ def test_jsonl_roundtrip_and_datasets(tmp_path):
     assert ds.num_rows == 30 and ds[0]["prompt"] == rows[0]["prompt"]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return T.load_tokenizer()
-
 
 def test_shipped_tokenizer_is_the_built_one(tok):
     fresh = T.build_tokenizer()
