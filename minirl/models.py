@@ -160,6 +160,7 @@ def load_policy(name_or_dir, *, device="cpu", dtype=None, pad_as_eos: bool = Fal
         must accept a connection within `timeout` seconds, else the cache is tried. Either way, a
         model that cannot be had raises `HubUnavailableError` at once, saying to pass a local
         folder instead.
+    dtype: the parameters' dtype; default `torch.get_default_dtype()`.
     pad_as_eos: GPT-2's hub tokenizer has no PAD token. By default that raises ValueError; with
         pad_as_eos=True the PAD is set to EOS (then a padded position and a generated EOS share an
         id, so masks, not ids, must mark padding, which is how minirl works anyway).
@@ -170,7 +171,9 @@ def load_policy(name_or_dir, *, device="cpu", dtype=None, pad_as_eos: bool = Fal
     path = Path(name).expanduser()
     if not path.is_dir() and not path.is_absolute() and (DATA_DIR.parent / name).is_dir():
         path = DATA_DIR.parent / name
-    kwargs = {} if dtype is None else {"dtype": dtype}
+    # Without an explicit dtype the weights load in torch's default dtype: the CPU lessons set it to
+    # float64 (portable outputs, see CONTRIBUTING.md), GPU scripts keep float32 and autocast.
+    kwargs = {"dtype": torch.get_default_dtype() if dtype is None else dtype}
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ValueError(f"{name} is a folder without config.json: not a saved model (expected a save_pretrained folder)")
@@ -271,7 +274,8 @@ class ScalarHeadModel(nn.Module):
     @classmethod
     def from_pretrained(cls, path, seed: int = 0) -> "ScalarHeadModel":
         """Load a saved ScalarHeadModel; or, from a causal-LM folder (data/tiny-sft), its backbone
-        with a fresh head initialised with `seed` (how a reward model or critic starts)."""
+        with a fresh head initialised with `seed` (how a reward model or critic starts). Weights load
+        in torch's default dtype."""
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoModelForCausalLM
 
@@ -280,10 +284,12 @@ class ScalarHeadModel(nn.Module):
             raise ValueError(f"{path.name} has no config.json: expected a save_pretrained folder")
         if (path / HEAD_FILE).exists():
             with quiet_transformers():
-                backbone = AutoModel.from_pretrained(str(path), local_files_only=True)
+                backbone = AutoModel.from_pretrained(str(path), local_files_only=True,
+                                                     dtype=torch.get_default_dtype())
             model = cls(backbone, seed=seed)
             model.head.load_state_dict(load_file(str(path / HEAD_FILE)))
             return model
         with quiet_transformers():
-            lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+            lm = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,
+                                                      dtype=torch.get_default_dtype())
         return cls(lm.base_model, seed=seed)

@@ -1,10 +1,11 @@
-"""The house plotting style and `save_figure`, which writes lesson figures to `figures/`."""
+"""The house plotting style and `save_figure`, which writes lesson figures to `figures/` when the
+committed outputs are produced and to `runs/figures/` otherwise."""
 from __future__ import annotations
 
 import matplotlib
 import matplotlib.pyplot as plt
 
-from .paths import FIGURES_DIR
+from .paths import FIGURES_DIR, RUNS_DIR, SAVE_FIGURES_ENV, _flag
 
 DPI = 90  # modest: figures are committed and shown in the README
 
@@ -38,13 +39,17 @@ def use_style() -> None:
 
 
 def save_figure(fig, name: str, dpi: int = DPI):
-    """Save `fig` as `figures/<name>.png` (tight bounding box, modest dpi) and return the path.
+    """Save `fig` as `<name>.png` (tight bounding box, modest dpi) and return the path.
 
+    The folder is `figures/` (committed, shown in the README) when `MINIRL_SAVE_FIGURES=1`, which
+    `python -m minirl.notebook_tools` sets while it produces the committed outputs; otherwise it is
+    `runs/figures/` (git-ignored), so running a lesson or the tests never modifies a tracked file.
     Prints nothing, so the saving cell's checked output stays the same on every machine.
     """
     if not name or "/" in name or name.endswith(".png"):
         raise ValueError(f"save_figure expects a bare name like '01_reinforce', got {name!r}")
-    FIGURES_DIR.mkdir(parents=True, exist_ok=True)
-    path = FIGURES_DIR / f"{name}.png"
+    folder = FIGURES_DIR if _flag(SAVE_FIGURES_ENV) else RUNS_DIR / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return path

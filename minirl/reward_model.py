@@ -187,7 +187,7 @@ def reward_scores(rm, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> 
 def score_texts(rm, tokenizer, prompts, responses, batch_size: int = 256, max_len: int = 96,
                 padding_side: str = "right") -> torch.Tensor:
     """r(x, y) for strings: each (prompt, response) encoded as by `encode_prompt_response` (EOS
-    appended, so the score is read at the EOS token), in batches. Returns (N,) float32."""
+    appended, so the score is read at the EOS token), in batches. Returns (N,) in the model's dtype."""
     _check_prompts(list(prompts))
     if len(responses) != len(prompts):
         raise ValueError(f"need one response per prompt, got {len(responses)} responses for {len(prompts)} prompts")

@@ -52,7 +52,7 @@ def _check_texts(texts, name="texts"):
 
 
 def vader_sentiment(texts) -> torch.Tensor:
-    """VADER compound sentiment in [-1, 1] for each text -> float32 tensor (B,). Offline.
+    """VADER compound sentiment in [-1, 1] for each text -> tensor (B,) in torch's default dtype. Offline.
 
     A lexicon scorer: it sums word valences (with negation, 'but' and intensifier rules) and
     squashes with x / sqrt(x^2 + 15). See the module docstring for the traps it falls into."""
@@ -62,13 +62,13 @@ def vader_sentiment(texts) -> torch.Tensor:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         _VADER = SentimentIntensityAnalyzer()
-    return torch.tensor([_VADER.polarity_scores(t)["compound"] for t in texts], dtype=torch.float32)
+    return torch.tensor([_VADER.polarity_scores(t)["compound"] for t in texts], dtype=torch.get_default_dtype())
 
 
 def gold_sentiment_reward(texts) -> torch.Tensor:
-    """The world's ground-truth sentiment in [-1, 1] per text -> float32 tensor (B,)."""
+    """The world's ground-truth sentiment in [-1, 1] per text -> tensor (B,) in torch's default dtype."""
     _check_texts(texts)
-    return torch.tensor([world.gold_sentiment(t) for t in texts], dtype=torch.float32)
+    return torch.tensor([world.gold_sentiment(t) for t in texts], dtype=torch.get_default_dtype())
 
 
 SENTIMENT_SCORERS = {"vader": vader_sentiment, "gold": gold_sentiment_reward}
@@ -102,7 +102,7 @@ def review_reward(prompts, responses, target: str = "positive", sentiment: str =
                   min_words: int = 6, max_words: int = 30, weights: dict | None = None):
     """Several-factor reward for continuing or writing a review -> (total (B,), components dict).
 
-    components (each a float32 tensor (B,)):
+    components (each a tensor (B,) in the default dtype):
       sentiment   scorer(prompt + response) in [-1, 1], sign flipped if target == "negative"
                   (scorer "vader" = the hackable proxy, "gold" = the world's ground truth)
       length      1 if the response has min_words..max_words words, falling linearly to 0 at 0 words
@@ -129,18 +129,19 @@ def review_reward(prompts, responses, target: str = "positive", sentiment: str =
         raise ValueError(f"unknown weight names {sorted(unknown)}; expected {sorted(DEFAULT_REVIEW_WEIGHTS)}")
     sign = 1.0 if target == "positive" else -1.0
     sent = sign * SENTIMENT_SCORERS[sentiment]([p + r for p, r in zip(prompts, responses)])
-    n = torch.tensor([len(r.split()) for r in responses], dtype=torch.float32)
+    n = torch.tensor([len(r.split()) for r in responses], dtype=torch.get_default_dtype())
     length = torch.where(n < min_words, n / min_words,
                          torch.where(n > max_words, (1 - (n - max_words) / max_words).clamp(min=0), torch.ones_like(n)))
-    rep = torch.tensor([repetition_fraction(r) for r in responses], dtype=torch.float32)
-    topic = torch.tensor([float(_mentioned_items(r) <= _mentioned_items(p)) for p, r in zip(prompts, responses)])
+    rep = torch.tensor([repetition_fraction(r) for r in responses], dtype=torch.get_default_dtype())
+    topic = torch.tensor([float(_mentioned_items(r) <= _mentioned_items(p)) for p, r in zip(prompts, responses)],
+                         dtype=torch.get_default_dtype())
     total = w["sentiment"] * sent + w["length"] * (length - 1) - w["repetition"] * rep + w["on_topic"] * (topic - 1)
     return total, {"sentiment": sent, "length": length, "repetition": rep, "on_topic": topic}
 
 
 def load_hub_sentiment_classifier(model_id: str = "lvwerra/distilbert-imdb", device=None, timeout: float = 3.0):
     """A transformers sentiment classifier from the hub (for GPU runs, as in TRL's GPT-2 IMDB
-    example) -> a function texts -> float32 tensor (B,) of the POSITIVE-class logit.
+    example) -> a function texts -> tensor (B,) in torch's default dtype of the POSITIVE-class logit.
 
     Raises `minirl.models.HubUnavailableError` within about `timeout` seconds when HF_HUB_OFFLINE=1
     or the hub is unreachable and the model is not cached. Not used by the CPU lessons or tests.
@@ -169,7 +170,7 @@ def load_hub_sentiment_classifier(model_id: str = "lvwerra/distilbert-imdb", dev
         _check_texts(texts)
         outs = pipe(list(texts), top_k=None, function_to_apply="none", truncation=True)
         return torch.tensor([next(o["score"] for o in out if o["label"].upper() in ("POSITIVE", "LABEL_1"))
-                             for out in outs], dtype=torch.float32)
+                             for out in outs], dtype=torch.get_default_dtype())
 
     return score
 
@@ -246,7 +247,7 @@ ARITHMETIC_REWARDS = ("exact", "format", "loose", "process_min", "process_mean")
 
 
 def arithmetic_rewards(responses, answers, kind: str = "exact") -> torch.Tensor:
-    """One of ARITHMETIC_REWARDS for each (response, answer) -> float32 tensor (B,)."""
+    """One of ARITHMETIC_REWARDS for each (response, answer) -> tensor (B,) in torch's default dtype."""
     _check_texts(responses, "responses")
     if len(answers) != len(responses):
         raise ValueError(f"answers must match responses in length, got {len(answers)} and {len(responses)}")
@@ -260,4 +261,4 @@ def arithmetic_rewards(responses, answers, kind: str = "exact") -> torch.Tensor:
         vals = [loose_match_reward(r, a) for r, a in zip(responses, answers)]
     else:
         vals = [process_reward(r, kind.split("_")[1]) for r in responses]
-    return torch.tensor(vals, dtype=torch.float32)
+    return torch.tensor(vals, dtype=torch.get_default_dtype())

@@ -16,7 +16,13 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 
     Lessons pass the returned generator to every random draw they make themselves
     (`torch.randn(..., generator=g)`), so a cell's randomness does not depend on what ran before.
+
+    If `OMP_NUM_THREADS` is set, torch is given exactly that many threads (torch otherwise caps it at
+    the number of cores), so the CI can check that a lesson's outputs do not depend on it.
     """
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if threads.isdigit() and int(threads) > 0 and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

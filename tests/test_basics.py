@@ -49,11 +49,17 @@ def test_checks():
 
 
 def test_save_figure(tmp_path, monkeypatch):
-    monkeypatch.setattr(plotting, "FIGURES_DIR", tmp_path)
+    # figures/ only while the committed outputs are produced (MINIRL_SAVE_FIGURES=1), else runs/figures/
+    monkeypatch.setattr(plotting, "FIGURES_DIR", tmp_path / "figures")
+    monkeypatch.setattr(plotting, "RUNS_DIR", tmp_path / "runs")
     fig, ax = plt.subplots()
     ax.plot([0, 1])
+    monkeypatch.delenv("MINIRL_SAVE_FIGURES", raising=False)
     p = plotting.save_figure(fig, "test_fig")
-    assert p == tmp_path / "test_fig.png" and p.stat().st_size > 0
+    assert p == tmp_path / "runs" / "figures" / "test_fig.png" and p.stat().st_size > 0
+    monkeypatch.setenv("MINIRL_SAVE_FIGURES", "1")
+    p = plotting.save_figure(fig, "test_fig")
+    assert p == tmp_path / "figures" / "test_fig.png" and p.stat().st_size > 0
     with pytest.raises(ValueError):
         plotting.save_figure(fig, "x.png")
     plt.close(fig)
@@ -63,3 +69,26 @@ def test_progress_is_quiet_off_terminal(capsys):
     bar = utils.progress(range(3))
     assert list(bar) == [0, 1, 2]
     assert bar.disable  # pytest's stderr is not a terminal
+
+
+def test_artifact_dir_goes_to_runs_unless_regenerating(monkeypatch):
+    from minirl import paths
+
+    monkeypatch.delenv(paths.REGENERATE_ENV, raising=False)
+    assert paths.artifact_dir("tiny-sft") == paths.RUNS_DIR / "tiny-sft"
+    monkeypatch.setenv(paths.REGENERATE_ENV, "1")
+    assert paths.artifact_dir("tiny-sft") == paths.DATA_DIR / "tiny-sft"
+    with pytest.raises(ValueError, match="relative name"):
+        paths.artifact_dir("/etc")
+
+
+def test_seed_everything_honours_omp_num_threads(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        utils.seed_everything(0)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
