@@ -207,7 +207,7 @@ def train_reinforce(
         logprobs = policy.log_prob(arms)  # (B,)
         shaped = rewards
         if beta > 0:
-            shaped = rewards - beta * (logprobs.detach() - ref_logprobs[arms])  # Eq. (13)
+            shaped = rewards - beta * (logprobs.detach() - ref_logprobs[arms])  # Eq. (15)
         advantages = shaped - (b if (baseline == "ema" and b is not None) else 0.0)
         loss = reinforce_loss(logprobs, advantages)
         opt.zero_grad()
