@@ -148,7 +148,8 @@ def expected_estimator_gradient(estimator, logits_q: torch.Tensor, logits_p: tor
     on the estimator and the mode. Results lesson 02 derives and tests/test_kl.py checks:
     loss-k1 = 0; loss-k2 = reward-k1 = grad KL(q || p); loss-k3 = grad KL(p || q) (the other
     direction); reward-k3 = grad KL(q || p) - grad KL(p || q); loss + reward = grad E_q[k], which is
-    grad KL(q || p) for k1 and k3 (k3 times a ratio q / stopgrad(q), TRL's default GRPO penalty).
+    grad KL(q || p) for k1 and k3 (k3 times a ratio q / stopgrad(q), TRL 1.16's default GRPO penalty).
+    All of this is for one categorical; for sequences see lesson 02, Section 8.
 
     estimator: elementwise function of log_r (e.g. `k1`, `k2`, `k3`). logits_q, logits_p: (..., V),
     same shape, floating point; leading dimensions are independent distributions. Returns (..., V).
