@@ -66,3 +66,16 @@ def check_finite(value, name: str, threshold: float | None = None) -> None:
         raise FloatingPointError(
             f"{name} = {v:.4g} exceeds its threshold {threshold:.4g}: training stopped"
         )
+
+
+def check_prompts(prompts, name: str = "prompts") -> None:
+    """`prompts` must be a non-empty list (or tuple) of non-empty strings.
+
+    A bare string is rejected explicitly: iterating over it would silently train on its characters.
+    """
+    if isinstance(prompts, str):
+        raise ValueError(f"{name} must be a list of str, got one str ({prompts[:30]!r}); wrap it: [{name[:-1]}]")
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"{name} must be a non-empty list of str, got {type(prompts).__name__}")
+    if not all(isinstance(p, str) and p for p in prompts):
+        raise ValueError(f"every entry of {name} must be a non-empty str")

@@ -7,12 +7,17 @@ from .checks import as_float_mask, check_tensor
 
 
 def masked_sum(x: torch.Tensor, mask: torch.Tensor | None = None, dim=None) -> torch.Tensor:
-    """Sum of `x` where `mask` is 1 (over `dim`, or everything if `dim` is None)."""
+    """Sum of `x` where `mask` is 1 (over `dim`, or everything if `dim` is None).
+
+    Padding cannot leak in: entries where the mask is 0 are replaced by 0 before the sum, so a NaN or
+    inf sitting on padding (a log-prob of a PAD token, say) gives neither a NaN sum nor a NaN gradient.
+    """
     check_tensor(x, "x")
     if mask is None:
         return x.sum() if dim is None else x.sum(dim)
     m = as_float_mask(mask, x)
-    return (x * m).sum() if dim is None else (x * m).sum(dim)
+    xm = torch.where(m != 0, x * m, torch.zeros((), dtype=x.dtype, device=x.device))
+    return xm.sum() if dim is None else xm.sum(dim)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None, dim=None) -> torch.Tensor:

@@ -92,3 +92,31 @@ def test_seed_everything_honours_omp_num_threads(monkeypatch):
         assert torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
+
+
+def test_masked_sum_ignores_nan_and_inf_on_padding():
+    import torch
+
+    x = torch.tensor([[1.0, 2.0, float("nan")], [3.0, float("-inf"), 0.5]], requires_grad=True)
+    m = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    s = masks.masked_sum(x, m)
+    assert s.item() == 6.5
+    s.backward()
+    assert torch.equal(x.grad, m.float())  # no NaN gradient through the padded entries
+    assert masks.masked_mean(x.detach(), m).item() == 6.5 / 4
+
+
+def test_losses_package_exports_everything_it_imports():
+    from minirl import losses
+
+    assert set(losses.__all__) == {n for n in dir(losses) if n.endswith("_loss")} | {"ranking_to_pairs"}
+
+
+def test_check_prompts_rejects_a_bare_string():
+    checks.check_prompts(["a", "b"])
+    with pytest.raises(ValueError, match="got one str"):
+        checks.check_prompts("write a review of the soup:")
+    with pytest.raises(ValueError, match="non-empty list"):
+        checks.check_prompts([])
+    with pytest.raises(ValueError, match="non-empty str"):
+        checks.check_prompts(["ok", ""])
