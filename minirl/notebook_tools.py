@@ -4,8 +4,10 @@
     python -m minirl.notebook_tools --regenerate notebooks/03_tiny_lm.ipynb
 
 This is how the committed outputs are produced (and how the README's runtimes are measured):
-a fresh kernel, the notebook's own folder as the working directory, the hub switched off, figures
-written into `figures/` (`MINIRL_SAVE_FIGURES=1`). With `--regenerate` (`MINIRL_REGENERATE=1`) a
+a fresh kernel, the notebook's own folder as the working directory, the hub switched off, one thread
+unless OMP_NUM_THREADS says otherwise (the lessons compute in float64, so the outputs do not depend on
+it, and the test command checks them at torch's default thread count as well), figures written into
+`figures/` (`MINIRL_SAVE_FIGURES=1`). With `--regenerate` (`MINIRL_REGENERATE=1`) a
 lesson that makes a shipped artefact (lessons 03, 05, 08) overwrites it in `data/`; without it the
 artefact goes to `runs/` and the lesson compares it with the shipped one.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from .paths import REGENERATE_ENV, SAVE_FIGURES_ENV
 
 
-def execute(path, timeout: int = 900, regenerate: bool = False) -> float:
+def execute(path, timeout: int = 3600, regenerate: bool = False) -> float:
     """Run the notebook at `path` in a fresh kernel, save it with its outputs; return seconds."""
     import nbformat
     from nbclient import NotebookClient
@@ -27,6 +29,7 @@ def execute(path, timeout: int = 900, regenerate: bool = False) -> float:
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ[SAVE_FIGURES_ENV] = "1"
     os.environ[REGENERATE_ENV] = "1" if regenerate else "0"
     client = NotebookClient(
