@@ -124,8 +124,9 @@ def whiten(
 ) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over the masked-in entries of the whole tensor.
 
-    var is the *unbiased* (Bessel-corrected) masked variance and eps = 1e-8, as in the old TRL /
-    lm-human-preferences `whiten`. With `shift_mean=False` the mean is added back (only the scale
+    var is the *unbiased* (Bessel-corrected) masked variance and eps = 1e-8, as in old TRL's
+    `whiten` (`torch.var`). lm-human-preferences' `whiten` used `tf.nn.moments`, the population
+    variance (divide by n): its output is this one times sqrt(n / (n - 1)). With `shift_mean=False` the mean is added back (only the scale
     changes): used to rescale rewards without moving their mean. Masked-out entries are returned
     as 0. Any shape; mask None or the shape of x. Needs at least two masked-in entries.
     """

@@ -138,6 +138,14 @@ def test_whiten():
     assert w2[m > 0].mean().item() == pytest.approx(x[m > 0].mean().item())
     with pytest.raises(ValueError):
         whiten(x, torch.zeros_like(x))
+    # old TRL's whiten (torch.var, unbiased) is this one; lm-human-preferences' (tf.nn.moments,
+    # population variance) differs only by the factor sqrt(n / (n - 1)), as the docstring says
+    xs = x[m > 0]
+    n = xs.numel()
+    old_trl = (xs - xs.mean()) * torch.rsqrt(xs.var(unbiased=True) + 1e-8)
+    torch.testing.assert_close(sel, old_trl)
+    lm_hp = (xs - xs.mean()) * torch.rsqrt(xs.var(unbiased=False) + 1e-8)
+    torch.testing.assert_close(lm_hp, sel * (n / (n - 1)) ** 0.5, rtol=1e-6, atol=0)
 
 
 def test_group_advantages_reference_numbers():
