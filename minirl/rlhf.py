@@ -17,6 +17,9 @@ One iteration (`ppo_iteration`, looped by `train_ppo`):
     stats    = ppo_update(...)                                epochs x minibatches of clipped losses
     beta     = controller.update(mean sequence KL, batch size)
 
+A trained policy is measured on fresh samples with `evaluate_policy` (KL, proxy, gold: mean and
+standard error; the fraction of samples truncated at the length cap).
+
 Conventions: prompts are left-padded (width P), responses right-padded after EOS (width T);
 per-token tensors are (B, T) over the response columns; `response_mask` is 1 up to and including
 the first EOS. KL direction: KL(pi_theta || pi_ref), estimated on samples from pi_theta with
@@ -288,6 +291,38 @@ def sequence_kl(ref_model, s: Samples, temperature: float = 1.0) -> torch.Tensor
 
 
 @torch.no_grad()
+def evaluate_policy(policy, ref_model, tokenizer, prompts, score_fn, gold_fn=None, max_new_tokens: int = 16,
+                    temperature: float = 1.0, generator=None) -> dict:
+    """A held-out evaluation of a policy: one fresh sample per prompt (repeat prompts for more),
+    then means and standard errors over the samples.
+
+    Returns floats {"n", "kl", "kl_sem", "proxy", "proxy_sem", "truncated", "length"} plus, for
+    gold_fn (samples -> (B,), or a dict of such tensors, as in `train_ppo`), "gold" / "gold_sem"
+    or "gold_<key>" / "gold_<key>_sem". kl is the per-sequence k1 estimate of KL(pi || pi_ref)
+    (`sequence_kl`), proxy the score_fn output, truncated the fraction of samples that hit
+    max_new_tokens without EOS (their length and KL are censored at the cap), length the mean
+    response length in tokens (EOS included). Standard errors: sample std / sqrt(n)."""
+    prompts = list(prompts)
+    if len(prompts) < 2:
+        raise ValueError("evaluate_policy needs at least 2 prompts (one sample each) for a standard error")
+    policy.eval()
+    s = sample(policy, tokenizer, prompts, max_new_tokens, temperature, generator)
+    values = {"kl": sequence_kl(ref_model, s, temperature), "proxy": score_fn(s)}
+    if gold_fn is not None:
+        gold = gold_fn(s)
+        values.update({f"gold_{k}" if k else "gold": v for k, v in (gold if isinstance(gold, dict) else {"": gold}).items()})
+    n = len(prompts)
+    out = {"n": n}
+    for k, v in values.items():
+        v = torch.as_tensor(v).detach().double()
+        check_tensor(v, k, ndim=1)
+        out[k], out[f"{k}_sem"] = float(v.mean()), float(v.std() / n ** 0.5)
+    out["truncated"] = float((~s.has_eos).double().mean())
+    out["length"] = float(s.response_mask.sum(-1).double().mean())
+    return out
+
+
+@torch.no_grad()
 def rollout(policy, ref_model, critic, tokenizer, prompts, score_fn, cfg: PPOConfig, generator=None,
             timings: dict | None = None) -> Samples:
     """Generate responses to `prompts` (list[str]), score them, and take the reference log-probs
@@ -299,7 +334,7 @@ def rollout(policy, ref_model, critic, tokenizer, prompts, score_fn, cfg: PPOCon
     with timer(timings, "score"):
         raw = score_fn(s)
         check_tensor(raw, "score_fn output", ndim=1)
-        s.raw_scores = raw.detach().float()
+        s.raw_scores = raw.detach().to(torch.get_default_dtype())  # float64 in the lessons: no rounding
     with timer(timings, "reference"):
         s.ref_logprobs = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length,
                                            cfg.temperature) * s.response_mask
@@ -469,12 +504,15 @@ def append_jsonl(path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
-def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None, log_path=None) -> list[dict]:
+def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None, log_path=None,
+              callback: Callable[[PPOState, dict], None] | None = None) -> list[dict]:
     """cfg.n_iterations of `ppo_iteration`, each on cfg.batch_size prompts drawn uniformly (with
     replacement) from `prompts` with the state's generator. Each row is appended to `log_path`
-    (JSONL) as soon as it exists. If an iteration fails (NaN score, NaN loss, KL above max_kl,
-    mismatched masks), a row {"iteration", "stopped": message} is appended, the rows so far are
-    kept, and the error is re-raised. Returns state.history."""
+    (JSONL) as soon as it exists, then `callback(state, row)` is called (e.g. to evaluate the
+    updated policy at a checkpoint; it must not draw from state.generator). If an iteration fails
+    (NaN score, NaN loss, KL above max_kl, mismatched masks), a row {"iteration", "stopped":
+    message} is appended, the rows so far are kept, and the error is re-raised. Returns
+    state.history."""
     if not prompts:
         raise ValueError("prompts must be a non-empty list of str")
     if log_path is not None:
@@ -490,4 +528,6 @@ def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gol
             raise
         if log_path is not None:
             append_jsonl(log_path, row)
+        if callback is not None:
+            callback(state, row)
     return state.history

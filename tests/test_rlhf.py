@@ -87,6 +87,7 @@ def test_rollout_alignment_and_critic_init(tok):
     # the sampler's log-probs equal teacher-forced ones of the (identical) reference: ratio 1 at the start
     torch.testing.assert_close(s.logprobs, s.ref_logprobs, atol=2e-5, rtol=0)
     assert float(s.values.abs().max()) == 0.0  # zero-initialized value head
+    assert s.raw_scores.dtype == torch.get_default_dtype()  # scores are not rounded to another dtype
     # values[:, t] is the critic at the position BEFORE response token t
     critic = rlhf.make_critic(policy, "normal", seed=1)
     v = rlhf.critic_values(critic, s.sequences, s.attention_mask, s.prompt_length)
@@ -154,7 +155,10 @@ def test_config_validation(tok):
 def test_ppo_raises_an_easy_reward(tok):
     cfg = rlhf.PPOConfig(n_iterations=10, batch_size=16, minibatch_size=8, max_new_tokens=6, lr=1e-2, kl_coef=0.0)
     golds = lambda s: {"len": s.response_mask.sum(-1), "zero": torch.zeros(s.response_mask.shape[0])}
-    rows = rlhf.train_ppo(rlhf.init_ppo(tiny(tok), cfg), tok, PROMPTS, low_id_fraction, cfg, gold_fn=golds)
+    seen = []
+    rows = rlhf.train_ppo(rlhf.init_ppo(tiny(tok), cfg), tok, PROMPTS, low_id_fraction, cfg, gold_fn=golds,
+                          callback=lambda state, row: seen.append((row["iteration"], len(state.history))))
+    assert seen == [(i, i + 1) for i in range(cfg.n_iterations)]  # called after each row, with the updated state
     assert rows[0]["gold_zero"] == 0.0 and 1 <= rows[0]["gold_len"] <= 6
     first = sum(r["score"] for r in rows[:3]) / 3
     last = sum(r["score"] for r in rows[-3:]) / 3
@@ -163,3 +167,22 @@ def test_ppo_raises_an_easy_reward(tok):
     for k in ("reward", "kl", "beta", "entropy", "approx_kl", "clipfrac", "explained_variance",
               "response_length", "time_generate", "time_score", "time_reference", "time_value", "time_update"):
         assert k in rows[-1]
+
+
+def test_evaluate_policy_means_and_standard_errors(tok):
+    policy = tiny(tok)
+    ref = rlhf.make_reference(policy)
+    golds = lambda s: {"len": s.response_mask.sum(-1), "eos": s.has_eos.double()}
+    ev = rlhf.evaluate_policy(policy, ref, tok, PROMPTS[:12], low_id_fraction, golds, max_new_tokens=5,
+                              generator=torch.Generator().manual_seed(3))
+    s = rlhf.sample(policy, tok, PROMPTS[:12], 5, 1.0, torch.Generator().manual_seed(3))  # the same draws
+    score = low_id_fraction(s).double()
+    assert ev["n"] == 12
+    assert math.isclose(ev["proxy"], float(score.mean()), rel_tol=1e-12)
+    assert math.isclose(ev["proxy_sem"], float(score.std()) / 12 ** 0.5, rel_tol=1e-12)
+    assert math.isclose(ev["gold_len"], float(s.response_mask.sum(-1).mean()), rel_tol=1e-12)
+    assert math.isclose(ev["length"], ev["gold_len"], rel_tol=1e-12)
+    assert math.isclose(ev["truncated"], 1 - ev["gold_eos"], abs_tol=1e-12) and "gold_eos_sem" in ev
+    assert abs(ev["kl"]) < 1e-5 and ev["kl_sem"] < 1e-5      # a policy against its own frozen copy
+    with pytest.raises(ValueError, match="at least 2"):
+        rlhf.evaluate_policy(policy, ref, tok, PROMPTS[:1], low_id_fraction)
