@@ -301,10 +301,11 @@ def evaluate_samples(policy, ref_model, tokenizer, prompts, gold_fn: Callable[[s
     by k1 on the samples (`minirl.rlhf.sequence_kl`: sum over the response of log pi - log pi_ref,
     both at `temperature`).
 
-    Returns floats {"gold", "gold_sem", "kl", "kl_sem", "length", "logp"}: means over the samples,
-    their standard errors, the mean response length in tokens (EOS included), and the mean
+    Returns floats {"gold", "gold_sem", "kl", "kl_sem", "length", "logp", "truncated"}: means over
+    the samples, their standard errors, the mean response length in tokens (EOS included), the mean
     sequence log-prob log pi(y | x) of the samples under the policy that drew them (minus a
-    Monte-Carlo estimate of the sequence entropy)."""
+    Monte-Carlo estimate of the sequence entropy), and the fraction of samples that hit
+    max_new_tokens without EOS (truncated: their length and KL are censored at the cap)."""
     from .rlhf import sample, sequence_kl  # lesson 08's sampler and KL, shared so the points compare
 
     prompts = list(prompts)
@@ -317,4 +318,5 @@ def evaluate_samples(policy, ref_model, tokenizer, prompts, gold_fn: Callable[[s
     n = len(prompts)
     sem = (lambda x: float(x.std() / math.sqrt(n)) if n > 1 else float("nan"))
     return {"gold": float(gold.mean()), "gold_sem": sem(gold), "kl": float(kl.mean()), "kl_sem": sem(kl),
-            "length": float(s.response_mask.sum(-1).mean()), "logp": float(s.logprobs.sum(-1).mean())}
+            "length": float(s.response_mask.sum(-1).mean()), "logp": float(s.logprobs.sum(-1).mean()),
+            "truncated": float((~s.has_eos).double().mean())}

@@ -59,27 +59,37 @@ def _check_prompts(prompts):
 
 @torch.no_grad()
 def sample_responses(policy, tokenizer, prompts, k: int, max_new_tokens: int = 48, temperature: float = 1.0,
-                     top_k=None, top_p=None, generator=None, batch_size: int = 512) -> list[list[str]]:
+                     top_k=None, top_p=None, generator=None, batch_size: int = 512, return_truncated: bool = False):
     """Sample `k` responses for every prompt with `minirl.lm.generate`.
 
     prompts: N strings. Returns N lists of k decoded responses (EOS and padding removed; a response
     keeps its leading space, so prompt + response is the text). Rows are generated in chunks of
     `batch_size` (prompt i's k copies are consecutive); the same seeded `generator` and the same
     `batch_size` reproduce the same responses (the chunking decides the order of the draws).
+
+    With return_truncated=True, returns (responses, truncated): truncated is N lists of k bools,
+    True where a response hit max_new_tokens without emitting EOS. The decoded text of such a
+    response looks complete, but `encode_prompt_response` (DPO, reward models) would append an EOS
+    the sampler never produced: mark and drop these (lesson 12) or keep them out of EOS-ending data.
     """
     _check_prompts(prompts)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     flat = [p for p in prompts for _ in range(k)]
-    texts = []
+    texts, cut = [], []
     for s in range(0, len(flat), batch_size):
         ids, mask = encode_prompts(tokenizer, flat[s:s + batch_size])
         out = generate(policy, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
                        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         for row, m in zip(out.response_ids, out.response_mask):
-            kept = [t for t in row[m.bool()].tolist() if t != tokenizer.eos_token_id]
+            tokens = row[m.bool()].tolist()
+            kept = [t for t in tokens if t != tokenizer.eos_token_id]
             texts.append(tokenizer.decode(kept, skip_special_tokens=True))
-    return [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+            cut.append(len(kept) == len(tokens))  # no EOS within max_new_tokens
+    responses = [texts[i * k:(i + 1) * k] for i in range(len(prompts))]
+    if return_truncated:
+        return responses, [cut[i * k:(i + 1) * k] for i in range(len(prompts))]
+    return responses
 
 
 # ------------------------------------------------------------------------------ preference pairs

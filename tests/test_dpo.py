@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from minirl import dpo, models
+from minirl import dpo, models, rlhf
 from minirl.losses import dpo_loss
 from minirl.kl import categorical_kl
 from minirl.lm import left_pad, position_ids_from_mask, sequence_logprobs
@@ -122,6 +122,12 @@ def test_evaluate_samples_at_the_reference_has_zero_kl(tok):
                                generator=torch.Generator().manual_seed(0))
     assert abs(out["kl"]) < 1e-4 and out["kl_sem"] < 1e-4  # k1 of identical models: 0 up to round-off
     assert 1 <= out["length"] <= 8 and out["gold"] > 0 and out["logp"] < 0
+    # a response is truncated when it has no EOS; it then fills all max_new_tokens columns
+    assert 0.0 <= out["truncated"] <= 1.0
+    one = dpo.evaluate_samples(policy, ref, tok, prompts, lambda p, y: 0.0, max_new_tokens=1,
+                               generator=torch.Generator().manual_seed(0))
+    s = rlhf.sample(policy, tok, prompts, 1, generator=torch.Generator().manual_seed(0))
+    assert one["truncated"] == float((s.response_ids[:, 0] != tok.eos_token_id).double().mean())
     # one-token responses: the k1 mean must agree with the exact KL of the next-token distributions
     other = tiny(tok, seed=1)
     prompts = [r["prompt"] for r in ROWS]

@@ -175,6 +175,28 @@ def test_sample_responses_shapes_and_seed(tok):
     assert a == b and len(a) == 2 and all(len(x) == 3 and all(isinstance(y, str) for y in x) for x in a)
 
 
+def test_sample_responses_marks_truncated_responses(tok):
+    from minirl.lm import generate
+    from minirl.models import TINY_SFT_DIR, load_policy
+    from minirl.tokenizer import encode_prompts
+    pol = load_policy(TINY_SFT_DIR)[0]  # ends its reviews with EOS after about 20 tokens
+    prompts = ["write a review of the soup:", "write a review of the pie:"] * 4
+    kw = dict(max_new_tokens=20, batch_size=8)
+    plain = R.sample_responses(pol, tok, prompts, 2, generator=torch.Generator().manual_seed(0), **kw)
+    texts, cut = R.sample_responses(pol, tok, prompts, 2, return_truncated=True,
+                                    generator=torch.Generator().manual_seed(0), **kw)
+    assert texts == plain and [len(c) for c in cut] == [2] * len(prompts)
+    flags = [c for cs in cut for c in cs]
+    assert 0 < sum(flags) < len(flags)  # the test sees both kinds
+    # truncated means: the same draws, re-generated, have no EOS in their max_new_tokens columns
+    flat, g, rows = [p for p in prompts for _ in range(2)], torch.Generator().manual_seed(0), []
+    for s in range(0, len(flat), 8):
+        ids, mask = encode_prompts(tok, flat[s:s + 8])
+        out = generate(pol, ids, mask, 20, tok.eos_token_id, tok.pad_token_id, generator=g)
+        rows += [not bool(((r == tok.eos_token_id) & (m > 0)).any()) for r, m in zip(out.response_ids, out.response_mask)]
+    assert flags == rows
+
+
 # ---------------------------------------------------------------- best-of-n
 
 
