@@ -5,18 +5,22 @@ the one the reward model scores highest; it changes the distribution without tra
 
     pi_bon(y) = pi(y) * [F(r(y))^n - F_<(r(y))^n] / [F(r(y)) - F_<(r(y))]          (ties split by pi)
 
-with F(v) = P_pi(r(Y) <= v) and F_<(v) = P_pi(r(Y) < v). Without ties F - F_< = pi(y) -> 0 and
-pi_bon / pi -> n F^(n-1), whose log has expectation log n - (n-1)/n under pi_bon: the analytic
-KL(pi_bon || pi) of Stiennon et al. (2020), an upper bound in general (Beirami et al. 2024); it is
-`minirl.reward_model.best_of_n_kl`, re-exported here.
+with F(v) = P_pi(r(Y) <= v) and F_<(v) = P_pi(r(Y) < v). With no atoms (every response's own
+probability F - F_< = pi(y) -> 0; distinct rewards are NOT enough, see the V = 20 categorical of
+notebook 09) pi_bon / pi -> n F^(n-1), whose log has expectation log n - (n-1)/n under pi_bon: the
+analytic KL(pi_bon || pi) of Stiennon et al. (2020), an upper bound in general (Beirami et al. 2024);
+it is `minirl.reward_model.best_of_n_kl`, re-exported here.
 
     best_of_n(scores, n)                           index of each group's best (first on ties)
     best_of_n_distribution(probs, rewards, n)      pi_bon exactly, on a categorical
     best_of_n_log_ratio(rewards, pool_rewards, n)  log pi_bon(y) / pi(y) from an empirical CDF: a
-                                                   Monte-Carlo KL for a language model
+                                                   plug-in (biased) Monte-Carlo KL for a language model
+    log_ratio_null_expectation(n, pool_size)       that estimate's exact expectation without atoms
     rejection_sampling_round(...)                  sample n per prompt, keep the best, SFT on it
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -74,9 +78,14 @@ def best_of_n_log_ratio(rewards: torch.Tensor, pool_rewards: torch.Tensor, n: in
         F = (#{pool <= r} + 1) / (M + 1),  F_< = #{pool < r} / (M + 1),
         log ratio = log[(F^n - F_<^n) / (F - F_<)]     (the sample itself counts as one pool point)
 
-    The ratio depends on y only through its reward level, so no likelihood of y is needed. The
-    mean over BoN samples is a Monte-Carlo estimate of KL(pi_bon || pi); it approaches
-    log n - (n-1)/n when rewards never tie, and falls below it when they do."""
+    The ratio depends on y only through the CDF at its reward and its level mass F - F_< = pi(y).
+    A pool estimates the CDF but not the level mass: counting the sample itself sets it to
+    1/(M + 1), an atom far larger than a real response's probability. So the mean over BoN samples
+    is a biased plug-in estimate of KL(pi_bon || pi): low by a finite-pool bias even for a reward
+    with no atoms, where log n - (n-1)/n is exact (its expectation there is
+    `log_ratio_null_expectation(n, M)`), and it tends to the exact KL only as M grows. Compare a
+    measurement with that null expectation, not with log n - (n-1)/n. (No ties is not the same as
+    no atoms: distinct rewards can still leave the exact KL well below log n - (n-1)/n.)"""
     check_tensor(rewards, "rewards", ndim=1, floating=True)
     check_tensor(pool_rewards, "pool_rewards", ndim=1, floating=True)
     _check_n(n)
@@ -87,6 +96,25 @@ def best_of_n_log_ratio(rewards: torch.Tensor, pool_rewards: torch.Tensor, n: in
     F = ((pool[None, :] <= r[:, None]).sum(-1) + 1).double() / (M + 1)  # (N,)
     F_lt = (pool[None, :] < r[:, None]).sum(-1).double() / (M + 1)
     return torch.log(F**n - F_lt**n) - torch.log(F - F_lt)
+
+
+def log_ratio_null_expectation(n: int, pool_size: int) -> float:
+    """The expectation of `best_of_n_log_ratio(...).mean()` over best-of-n samples when the reward
+    has no atoms (a continuous reward, where KL = log n - (n-1)/n exactly), for a pool of M =
+    pool_size fresh rewards: the winner's quantile U ~ Beta(n, 1), the pool count below it
+    k | U ~ Binomial(M, U), so k ~ BetaBinomial(M, n, 1), and
+
+        E = E_k[log((k+1)^n - k^n)] - (n-1) log(M+1).
+
+    The gap to log n - (n-1)/n is the estimator's own bias (notebook 09, Eq. (5))."""
+    _check_n(n)
+    if not isinstance(pool_size, int) or isinstance(pool_size, bool) or pool_size < 1:
+        raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
+    M = pool_size
+    k = torch.arange(M + 1, dtype=torch.float64)
+    log_pk = (math.lgamma(M + 1) - torch.lgamma(k + 1) - torch.lgamma(M - k + 1)  # C(M, k) B(k+n, M-k+1) / B(n, 1)
+              + torch.lgamma(k + n) + torch.lgamma(M - k + 1) - math.lgamma(M + n + 1) + math.log(n))
+    return float((log_pk.exp() * (torch.log((k + 1) ** n - k ** n) - (n - 1) * math.log(M + 1))).sum())
 
 
 def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optimizer, max_new_tokens: int = 16,

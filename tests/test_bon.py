@@ -1,5 +1,6 @@
 """Best-of-n (minirl.bon): selection, the exact BoN distribution against brute-force enumeration,
-the analytic KL as its no-ties limit and upper bound, the Monte-Carlo log-ratio, one RS round."""
+the analytic KL as its no-atom limit and upper bound, the Monte-Carlo log-ratio and its
+small-pool bias, one RS round."""
 import itertools
 import math
 
@@ -81,6 +82,24 @@ def test_monte_carlo_log_ratio():
     assert abs(est_d - exact_d) < 0.02 and exact_d < bon.best_of_n_kl(n) - 0.15
     with pytest.raises(ValueError, match="pool_rewards"):
         bon.best_of_n_log_ratio(best, torch.zeros(0), n)
+
+
+def test_log_ratio_null_expectation():
+    # a continuous reward (no atoms) and a small pool: the estimate is biased low, by what Eq. (5) says
+    g = torch.Generator().manual_seed(2)
+    M, P = 16, 4000
+    for n in (2, 4, 8):
+        null = bon.log_ratio_null_expectation(n, M)
+        assert null < bon.best_of_n_kl(n) - 0.02
+        pools, draws = torch.rand(P, M, generator=g), torch.rand(P, n, generator=g, dtype=torch.float64)
+        best = draws.max(dim=1).values
+        est = torch.stack([bon.best_of_n_log_ratio(best[i:i + 1], pools[i], n) for i in range(P)]).squeeze(1)
+        assert abs(float(est.mean()) - null) < 4 * float(est.std()) / P ** 0.5, (n, float(est.mean()), null)
+    assert bon.log_ratio_null_expectation(1, M) == 0.0
+    # a large pool removes the bias
+    assert abs(bon.log_ratio_null_expectation(4, 100_000) - bon.best_of_n_kl(4)) < 1e-3
+    with pytest.raises(ValueError, match="pool_size"):
+        bon.log_ratio_null_expectation(2, 0)
 
 
 def test_rejection_sampling_round_runs_and_selects():
