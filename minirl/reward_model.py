@@ -416,8 +416,9 @@ def evaluate_reward_model(rm, tokenizer, rows, n_bins: int = 10, max_len: int = 
 
 def best_of_n_kl(n: int) -> float:
     """KL(best-of-n || base) = log n - (n - 1) / n nats (Stiennon et al. 2020, appendix; used by
-    Gao et al. 2022). Exact for a continuous reward with no ties; Beirami et al. (2024) show it is
-    an UPPER bound in general (ties and repeated samples make the true KL smaller)."""
+    Gao et al. 2022). Exact only in the no-atom limit: a continuous reward AND no single response
+    with noticeable probability under the base policy (distinct rewards are not enough: lesson 09's
+    V = 20 categorical). Beirami et al. (2024) show it is an UPPER bound in general."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     return math.log(n) - (n - 1) / n
