@@ -112,8 +112,8 @@ def log_ratio_null_expectation(n: int, pool_size: int) -> float:
         raise ValueError(f"pool_size must be a positive int, got {pool_size!r}")
     M = pool_size
     k = torch.arange(M + 1, dtype=torch.float64)
-    log_pk = (math.lgamma(M + 1) - torch.lgamma(k + 1) - torch.lgamma(M - k + 1)  # C(M, k) B(k+n, M-k+1) / B(n, 1)
-              + torch.lgamma(k + n) + torch.lgamma(M - k + 1) - math.lgamma(M + n + 1) + math.log(n))
+    # P(k) = C(M, k) B(k+n, M-k+1) / B(n, 1); the (M-k)! of C(M, k) and of the Beta cancel
+    log_pk = math.lgamma(M + 1) - torch.lgamma(k + 1) + torch.lgamma(k + n) - math.lgamma(M + n + 1) + math.log(n)
     return float((log_pk.exp() * (torch.log((k + 1) ** n - k ** n) - (n - 1) * math.log(M + 1))).sum())
 
 
