@@ -1,7 +1,8 @@
 """Advantage estimators: GAE, whitening, and the group baselines of GRPO / Dr. GRPO / RLOO.
 
-Derived in notebooks/06_gae.ipynb (GAE, whitening, explained variance, truncation) and used in
-lessons 07-08 (PPO); the group baselines are compared in lesson 13.
+Derived in notebooks/06_gae.ipynb (GAE, whitening, explained variance, truncation, the lambda-return
+weights and how far credit reaches: `lambda_return_weights`, `credit_share`) and used in lessons 07-08
+(PPO); the group baselines are compared in lesson 13.
 
 Conventions. Tensors are (B, T) per token unless stated otherwise; a mask is 1.0 (or True) on the
 tokens that count (the response) and 0 on padding, on either side. Everything returned here is a
@@ -99,6 +100,76 @@ def gae(
         next_adv = torch.where(on, adv, next_adv)
     returns = (advantages + values) * m
     return advantages, returns
+
+
+def lambda_return_weights(n_left: int, lam: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Weights of the n-step returns G^(n), n = 1 .. n_left, in the lambda-return of a token with
+    `n_left` tokens left in its episode (Sutton & Barto 2018, Eq. 12.3, the truncated lambda-return):
+
+        w_n = (1 - lam) * lam^(n-1)   for n < n_left,     w_{n_left} = lam^(n_left - 1)
+
+    (every G^(n) with n >= n_left is the Monte-Carlo return, so the geometric tail lands on it). They
+    sum to 1, and sum_n w_n G^(n)_t is `gae(...)`'s return A_t + V(s_t). Returns (n_left,).
+    """
+    if not isinstance(n_left, int) or n_left < 1:
+        raise ValueError(f"n_left must be an int >= 1, got {n_left!r}")
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    dtype = dtype or torch.get_default_dtype()
+    n = torch.arange(1, n_left + 1, dtype=dtype)
+    w = (1 - lam) * torch.tensor(lam, dtype=dtype) ** (n - 1)
+    w[-1] = lam ** (n_left - 1)
+    return w
+
+
+def credit_share(
+    length: int,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+    critic_quality: float | torch.Tensor = 0.0,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """How much of a token's true advantage GAE's expected advantage carries, for one terminal reward.
+
+    Setting: an episode of T = `length` tokens whose only reward comes after the last token, and a
+    critic V_hat_t(s) = q_t V_t(s) + b_t that has learned the share q_t of the exact value V_t (of
+    the gamma-discounted return) at position t, plus any state-independent numbers b_t
+    (q = 0: an untrained or constant critic; q = 1: the exact one). Then, for every state s and token a
+    at position t, exactly (lesson 06 derives it; tests/test_credit.py checks it by enumeration):
+
+        E[A_hat_t | s, a] - E_{a' ~ pi}[A_hat_t | s, a'] = c_t * A_t(s, a),
+        c_t = gamma^(T-1-t) * kappa_t,
+        kappa_t = sum_{m=1}^{T-1-t} (1 - lam) lam^(m-1) q_{t+m} + lam^(T-1-t),
+
+    where A_t(s, a) is the exact advantage of the *undiscounted* return (the one whose gradient RLHF
+    wants). kappa is the lambda-return of the qualities with the reward as quality 1 (the weights of
+    `lambda_return_weights`), computed backwards as kappa_{T-1} = 1, kappa_t = (1-lam) q_{t+1} +
+    lam kappa_{t+1}. q_t itself does not enter c_t: the critic at the token's own state is a baseline.
+    With q = 0 this is (gamma lam)^(T-1-t), the share of the terminal reward that reaches token t.
+    The critic's own targets carry the same share: E[A_hat_t + V_hat_t(s_t) | s_t = s] = kappa_t V_t(s)
+    + (a state-independent number), so fitting the critic to its lambda-targets turns the qualities q
+    into kappa (at gamma = 1, credit_share(T, 1, lam, q)); with lam = 1, kappa = 1 in one round.
+
+    critic_quality: a float (the same q at every position) or a (T,) tensor q_0 .. q_{T-1}.
+    Returns c, (T,), in `dtype` (default: that of a tensor critic_quality, else torch's default).
+    """
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be an int >= 1, got {length!r}")
+    if not (0.0 <= gamma <= 1.0 and 0.0 <= lam <= 1.0):
+        raise ValueError(f"gamma and lam must be in [0, 1], got gamma={gamma}, lam={lam}")
+    if dtype is None:
+        dtype = critic_quality.dtype if isinstance(critic_quality, torch.Tensor) else torch.get_default_dtype()
+    q = torch.as_tensor(critic_quality, dtype=dtype)
+    if q.ndim == 0:
+        q = q.expand(length)
+    if tuple(q.shape) != (length,):
+        raise ValueError(f"critic_quality must be a float or have shape ({length},), got {tuple(q.shape)}")
+    kappa = torch.empty(length, dtype=dtype)
+    kappa[-1] = 1.0
+    for t in range(length - 2, -1, -1):
+        kappa[t] = (1 - lam) * q[t + 1] + lam * kappa[t + 1]
+    steps_left = torch.arange(length - 1, -1, -1, dtype=dtype)
+    return torch.tensor(gamma, dtype=dtype) ** steps_left * kappa
 
 
 def discounted_returns(
@@ -221,3 +292,66 @@ def explained_variance(
     if var_r == 0:
         return torch.tensor(float("nan"), dtype=returns.dtype)
     return 1 - var_e / var_r
+
+
+# ---------------------------------------------------------------- DAPO's reward-side pieces (lesson 13)
+
+
+def frac_reward_zero_std(rewards: torch.Tensor, group_size: int) -> float:
+    """Fraction of groups whose rewards have (numerically) zero standard deviation: all G samples
+    of the prompt got the same reward, so every group-relative advantage is 0 and the group
+    contributes no policy gradient (only the KL term, if any).
+
+    rewards: (B*G,) with each group contiguous. Returns a Python float in [0, 1]. "Zero" is TRL's
+    `torch.isclose(std, 0)` (|std| <= 1e-8) on the unbiased group std. TRL 1.16's
+    `frac_reward_zero_std` metric is this number for scale_rewards "group" and "none"; with
+    "batch" TRL tests the batch std instead (so it logs 0 or 1), which is not what this measures.
+    """
+    r = _grouped(rewards, group_size)
+    std = r.std(dim=1, unbiased=True)
+    return float(torch.isclose(std, torch.zeros_like(std)).to(torch.float64).mean())
+
+
+def dynamic_sampling_filter(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """DAPO's dynamic sampling (Yu et al. 2025, Eq. 11: keep a prompt only if 0 < #correct < G):
+    a (B*G,) bool mask that is False on every sample of a group whose rewards are all exactly
+    equal (all right or all wrong, for a 0/1 verifier), True elsewhere.
+
+    rewards: (B*G,) with each group contiguous. Use it to index the batch (`x[keep]`) before the
+    update; DAPO then samples more prompts until the batch is full again. Groups stay contiguous
+    and whole, so `group_advantages(rewards[keep], group_size)` still works (when any are left).
+    """
+    r = _grouped(rewards, group_size)
+    varied = r.amax(dim=1) > r.amin(dim=1)  # (B,)
+    return varied.repeat_interleave(group_size)
+
+
+def overlong_penalty(lengths, max_completion_length: int, cache_length: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, Eq. 13), a reward to ADD to the task reward:
+
+        0                                   if L <= L_max - L_cache
+        ((L_max - L_cache) - L) / L_cache   if L_max - L_cache < L <= L_max   (0 down to -1)
+        -1                                  if L > L_max
+
+    lengths: completion lengths in tokens, a 1-D tensor or a list of ints. max_completion_length
+    (L_max) and cache_length (L_cache, 0 <= L_cache <= L_max) are ints; cache_length = 0 gives the
+    hard penalty (-1 only beyond L_max). Matches TRL's `get_soft_overlong_punishment`. Note that
+    with generation capped at L_max no completion is longer than L_max: a truncated one has
+    L = L_max and gets -1 only through the linear ramp. Returns a (N,) tensor of the default dtype.
+    """
+    if isinstance(max_completion_length, bool) or not isinstance(max_completion_length, int) or max_completion_length < 1:
+        raise ValueError(f"max_completion_length must be a positive int, got {max_completion_length!r}")
+    if isinstance(cache_length, bool) or not isinstance(cache_length, int) or not 0 <= cache_length <= max_completion_length:
+        raise ValueError(f"cache_length must be an int in [0, max_completion_length], got {cache_length!r}")
+    L = torch.as_tensor(lengths)
+    if L.ndim != 1 or L.is_floating_point() and not bool(torch.isfinite(L).all()):
+        raise ValueError(f"lengths must be a 1-D sequence of finite lengths, got shape {tuple(L.shape)}")
+    if bool((L < 0).any()):
+        raise ValueError("lengths must be >= 0")
+    L = L.to(torch.get_default_dtype())
+    start = max_completion_length - cache_length
+    out = torch.zeros_like(L)
+    if cache_length > 0:
+        ramp = (L > start) & (L <= max_completion_length)
+        out = torch.where(ramp, (start - L) / cache_length, out)
+    return torch.where(L > max_completion_length, torch.full_like(L, -1.0), out)
