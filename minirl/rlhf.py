@@ -28,7 +28,6 @@ log_r = ref_logprobs - logprobs (minirl.kl).
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -44,6 +43,7 @@ from .masks import masked_mean
 from .models import ScalarHeadModel, last_token_scores
 from .world import read_jsonl  # noqa: F401  (re-exported: reads the JSONL logs written by train_ppo)
 from .tokenizer import encode_prompts
+from .training import append_jsonl  # noqa: F401  (re-exported: train_ppo's run log)
 from .utils import timer
 from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
@@ -494,14 +494,6 @@ def ppo_iteration(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig,
     state.history.append(row)
     state.last_samples = s
     return row
-
-
-def append_jsonl(path, row: dict) -> None:
-    """Append one JSON line to `path` (parent folders created) and flush it to disk."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None, log_path=None,
