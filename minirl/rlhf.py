@@ -20,6 +20,11 @@ One iteration (`ppo_iteration`, looped by `train_ppo`):
 A trained policy is measured on fresh samples with `evaluate_policy` (KL, proxy, gold: mean and
 standard error; the fraction of samples truncated at the length cap).
 
+The pieces every on-policy algorithm shares (Samples, sample, the scorers, per-token KL,
+kl_penalized_rewards, sequence_kl, make_reference) live in `minirl.rollout` and are re-exported
+here unchanged; this module keeps what is PPO's own (config, critic, rollout with values, update,
+state, loop).
+
 Conventions: prompts are left-padded (width P), responses right-padded after EOS (width T);
 per-token tensors are (B, T) over the response columns; `response_mask` is 1 up to and including
 the first EOS. KL direction: KL(pi_theta || pi_ref), estimated on samples from pi_theta with
@@ -36,19 +41,30 @@ import torch
 
 from . import kl as kl_mod
 from .advantages import explained_variance, gae, whiten
-from .checks import as_float_mask, check_finite, check_tensor
+from .checks import check_finite, check_prompts, check_tensor
 from .losses import ppo_policy_loss, ppo_value_loss
-from .lm import generate, response_logprobs
+from .lm import response_logprobs
 from .masks import masked_mean
-from .models import ScalarHeadModel, last_token_scores
+from .models import ScalarHeadModel
+# The shared on-policy plumbing lives in minirl.rollout; re-exported here so that `rlhf.sample`,
+# `rlhf.Samples`, `rlhf.make_reference`, ... keep working.
+from .rollout import (  # noqa: F401
+    KL_ESTIMATORS,
+    Samples,
+    apply_missing_eos_penalty,
+    kl_penalized_rewards,
+    last_token_position,
+    make_reference,
+    per_token_kl,
+    reward_model_scorer,
+    sample,
+    sequence_kl,
+    text_scorer,
+)
 from .world import read_jsonl  # noqa: F401  (re-exported: reads the JSONL logs written by train_ppo)
-from .tokenizer import encode_prompts
 from .training import append_jsonl  # noqa: F401  (re-exported: train_ppo's run log)
 from .utils import timer
 from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
-
-KL_ESTIMATORS = {"k1": kl_mod.k1, "k2": kl_mod.k2, "k3": kl_mod.k3}
-
 
 @dataclass
 class PPOConfig:
@@ -114,14 +130,6 @@ class PPOConfig:
 # ------------------------------------------------------------------- models
 
 
-def make_reference(policy):
-    """A frozen copy of the policy (eval mode, no gradients): pi_ref."""
-    ref = copy.deepcopy(policy)
-    ref.eval()
-    ref.requires_grad_(False)
-    return ref
-
-
 def make_critic(model, value_head_init: str = "zero", seed: int = 0) -> ScalarHeadModel:
     """A critic: a COPY of `model`'s transformer (a causal LM, e.g. the policy, or a
     ScalarHeadModel, e.g. the reward model) with a fresh scalar head.
@@ -139,122 +147,6 @@ def make_critic(model, value_head_init: str = "zero", seed: int = 0) -> ScalarHe
     return critic
 
 
-# -------------------------------------------------------------- the samples
-
-
-@dataclass
-class Samples:
-    """One rollout of B responses (prompt width P, response width T).
-
-    prompts, responses  list[str]         decoded text (responses without EOS/padding)
-    sequences           (B, P + T) long   left-padded prompt ids then response ids
-    attention_mask      (B, P + T) long
-    response_ids        (B, T) long
-    response_mask       (B, T) float      1 up to and including the first EOS
-    logprobs            (B, T)            log pi_old of each sampled token (the sampler's), 0 on padding
-    ref_logprobs        (B, T)            log pi_ref of the same tokens (same temperature)
-    values              (B, T)            V(state before token t) from the critic
-    scores              (B,)              reward-model score, after the EOS penalty / normalization
-    raw_scores          (B,)              the score_fn output as returned
-    has_eos             (B,) bool         the response emitted EOS
-    prompt_length       int               P
-    """
-
-    prompts: list
-    responses: list
-    sequences: torch.Tensor
-    attention_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    logprobs: torch.Tensor
-    prompt_length: int
-    has_eos: torch.Tensor
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    raw_scores: torch.Tensor | None = None
-    scores: torch.Tensor | None = None
-
-
-def text_scorer(fn: Callable[[str, str], float]) -> Callable[[Samples], torch.Tensor]:
-    """Wrap a per-text reward fn(prompt, response) -> float as a score_fn(samples) -> (B,)."""
-    def score(samples: Samples) -> torch.Tensor:
-        return torch.tensor([float(fn(p, r)) for p, r in zip(samples.prompts, samples.responses)])
-    return score
-
-
-def reward_model_scorer(rm) -> Callable[[Samples], torch.Tensor]:
-    """A ScalarHeadModel reward model as a score_fn: its value at each row's LAST real token
-    (the EOS if one was emitted, else the last generated token), no gradient. The RM must share
-    the policy's tokenizer."""
-    @torch.no_grad()
-    def score(samples: Samples) -> torch.Tensor:
-        rm.eval()
-        return last_token_scores(rm(samples.sequences, samples.attention_mask), samples.attention_mask)
-    return score
-
-
-def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
-    """scores (B,) minus `penalty` where has_eos (B,) bool is False; unchanged if penalty is None.
-    A response cut at max_new_tokens is unfinished text that the reward model may still like; the
-    penalty makes "never stop" unattractive (Huang et al. 2022; TRL's missing_eos_penalty)."""
-    check_tensor(scores, "scores", ndim=1, floating=True)
-    check_tensor(has_eos, "has_eos", ndim=1)
-    if has_eos.shape != scores.shape:
-        raise ValueError(f"has_eos must have shape {tuple(scores.shape)}, got {tuple(has_eos.shape)}")
-    if penalty is None:
-        return scores
-    return scores - float(penalty) * (~has_eos.bool()).to(scores.dtype)
-
-
-def per_token_kl(logprobs, ref_logprobs, response_mask, estimator: str = "k1") -> torch.Tensor:
-    """The per-token KL estimate k(log_r) with log_r = ref_logprobs - logprobs, 0 on padding.
-    (B, T) each -> (B, T). Summed over t it estimates the sequence KL(pi_theta || pi_ref)."""
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(KL_ESTIMATORS)}, got {estimator!r}")
-    check_tensor(logprobs, "logprobs", ndim=2, floating=True)
-    check_tensor(ref_logprobs, "ref_logprobs", ndim=2, floating=True)
-    if ref_logprobs.shape != logprobs.shape:
-        raise ValueError(f"ref_logprobs must have shape {tuple(logprobs.shape)}, got {tuple(ref_logprobs.shape)}")
-    m = as_float_mask(response_mask, logprobs, "response_mask")
-    log_r = torch.where(m > 0, ref_logprobs - logprobs, torch.zeros_like(logprobs))
-    return KL_ESTIMATORS[estimator](log_r) * m
-
-
-def kl_penalized_rewards(scores, logprobs, ref_logprobs, response_mask, kl_coef: float, estimator: str = "k1"):
-    """Per-token rewards of RLHF (Ziegler et al. 2019; Stiennon et al. 2020, Eq. 2):
-
-        r_t = -beta * k(log_r_t)  +  [t = last response token] * score,   log_r_t = log pi_ref - log pi_theta
-
-    With k1, -beta * k1 = beta * (log pi_ref - log pi_theta): sampling a token the reference finds
-    less likely than the policy does costs reward. Summed over the response, E[sum_t r_t] =
-    E[score] - beta * KL(pi_theta || pi_ref) (for k1 and k3, which are unbiased).
-
-    scores: (B,) one score per response. logprobs, ref_logprobs, response_mask: (B, T); every row
-    of the mask needs >= 1 token; the score goes on each row's LAST masked-in token (the EOS, or
-    the last token of a truncated response). Returns (rewards, kl), both (B, T), 0 on padding,
-    detached: kl is the per-token estimate that was penalized.
-    """
-    check_tensor(scores, "scores", ndim=1, floating=True)
-    kl = per_token_kl(logprobs.detach(), ref_logprobs.detach(), response_mask, estimator)
-    if scores.shape[0] != kl.shape[0]:
-        raise ValueError(f"scores must have shape ({kl.shape[0]},) (one per response), got {tuple(scores.shape)}")
-    if kl_coef < 0:
-        raise ValueError(f"kl_coef must be >= 0, got {kl_coef}")
-    m = as_float_mask(response_mask, kl, "response_mask")
-    if bool((m.sum(-1) == 0).any()):
-        raise ValueError("every row of response_mask needs at least one response token")
-    rewards = -kl_coef * kl
-    last = last_token_position(m)  # (B,)
-    rewards = rewards.scatter_add(1, last[:, None], scores.detach().to(rewards.dtype)[:, None])
-    return rewards, kl
-
-
-def last_token_position(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) 0/1 mask -> (B,) long: the column of each row's last 1 (rows need at least one)."""
-    pos = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
-    return torch.where(mask > 0, pos, torch.full_like(pos, -1)).max(-1).values
-
-
 # -------------------------------------------------------------------- rollout
 
 
@@ -265,29 +157,6 @@ def critic_values(critic, sequences, attention_mask, prompt_length: int) -> torc
     v = critic(sequences, attention_mask)  # (B, P + T)
     T = sequences.shape[1] - prompt_length
     return v[:, prompt_length - 1: prompt_length - 1 + T]
-
-
-@torch.no_grad()
-def sample(policy, tokenizer, prompts, max_new_tokens: int, temperature: float = 1.0, generator=None) -> Samples:
-    """Generate one response per prompt (list[str]; repeat a prompt n times for n samples) and
-    decode it. Returns a `Samples` without reference log-probs, values or scores."""
-    ids, mask = encode_prompts(tokenizer, list(prompts))  # (B, P), left-padded
-    gen = generate(policy, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                   temperature=temperature, generator=generator)
-    rmask = gen.response_mask.float()
-    has_eos = ((gen.response_ids == tokenizer.eos_token_id) & (gen.response_mask > 0)).any(-1)
-    responses = [tokenizer.decode(r[m > 0], skip_special_tokens=True) for r, m in zip(gen.response_ids, gen.response_mask)]
-    return Samples(list(prompts), responses, gen.sequences, gen.attention_mask, gen.response_ids, rmask,
-                   gen.logprobs * rmask, gen.prompt_length, has_eos)
-
-
-@torch.no_grad()
-def sequence_kl(ref_model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
-    """Per-sequence k1 estimate of KL(pi || pi_ref) for samples drawn from pi: (B,) =
-    sum_t (log pi(y_t) - log pi_ref(y_t)) over the response, with log pi the sampler's log-probs.
-    Its batch mean is the "measured KL" of the reward-KL frontier (lessons 08-10)."""
-    ref_lp = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, temperature)
-    return per_token_kl(s.logprobs, ref_lp * s.response_mask, s.response_mask, "k1").sum(-1)
 
 
 @torch.no_grad()
@@ -302,6 +171,7 @@ def evaluate_policy(policy, ref_model, tokenizer, prompts, score_fn, gold_fn=Non
     (`sequence_kl`), proxy the score_fn output, truncated the fraction of samples that hit
     max_new_tokens without EOS (their length and KL are censored at the cap), length the mean
     response length in tokens (EOS included). Standard errors: sample std / sqrt(n)."""
+    check_prompts(prompts)
     prompts = list(prompts)
     if len(prompts) < 2:
         raise ValueError("evaluate_policy needs at least 2 prompts (one sample each) for a standard error")
@@ -505,8 +375,7 @@ def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gol
     (NaN score, NaN loss, KL above max_kl, mismatched masks), a row {"iteration", "stopped":
     message} is appended, the rows so far are kept, and the error is re-raised. Returns
     state.history."""
-    if not prompts:
-        raise ValueError("prompts must be a non-empty list of str")
+    check_prompts(prompts)
     if log_path is not None:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         Path(log_path).write_text("")
