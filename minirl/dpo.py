@@ -305,18 +305,15 @@ def evaluate_samples(policy, ref_model, tokenizer, prompts, gold_fn: Callable[[s
     the samples, their standard errors, the mean response length in tokens (EOS included), the mean
     sequence log-prob log pi(y | x) of the samples under the policy that drew them (minus a
     Monte-Carlo estimate of the sequence entropy), and the fraction of samples that hit
-    max_new_tokens without EOS (truncated: their length and KL are censored at the cap)."""
-    from .rlhf import sample, sequence_kl  # lesson 08's sampler and KL, shared so the points compare
+    max_new_tokens without EOS (truncated: their length and KL are censored at the cap). A wrapper
+    of `minirl.evaluation.evaluate_policy` (a bare str as prompts is rejected)."""
+    from .evaluation import evaluate_policy  # lesson 08's sampler and KL, shared so the points compare
 
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("prompts must be a non-empty list of str")
-    policy.eval()
-    s = sample(policy, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=generator)
-    kl = sequence_kl(ref_model, s, temperature).double()  # (N,)
-    gold = torch.tensor([float(gold_fn(p, r)) for p, r in zip(s.prompts, s.responses)], dtype=torch.float64)
-    n = len(prompts)
-    sem = (lambda x: float(x.std() / math.sqrt(n)) if n > 1 else float("nan"))
-    return {"gold": float(gold.mean()), "gold_sem": sem(gold), "kl": float(kl.mean()), "kl_sem": sem(kl),
-            "length": float(s.response_mask.sum(-1).mean()), "logp": float(s.logprobs.sum(-1).mean()),
-            "truncated": float((~s.has_eos).double().mean())}
+    def gold(s):
+        return torch.tensor([float(gold_fn(p, r)) for p, r in zip(s.prompts, s.responses)], dtype=torch.float64)
+
+    out, s = evaluate_policy(policy, ref_model, tokenizer, prompts, {"gold": gold}, max_new_tokens=max_new_tokens,
+                             temperature=temperature, generator=generator, min_samples=1, return_samples=True)
+    return {"gold": out["gold"], "gold_sem": out["gold_sem"], "kl": out["kl"], "kl_sem": out["kl_sem"],
+            "length": float(s.response_mask.sum(-1).mean()),  # in the mask's float32, as this function always did
+            "logp": out["logp"], "truncated": out["truncated"]}

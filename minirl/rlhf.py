@@ -18,7 +18,8 @@ One iteration (`ppo_iteration`, looped by `train_ppo`):
     beta     = controller.update(mean sequence KL, batch size)
 
 A trained policy is measured on fresh samples with `evaluate_policy` (KL, proxy, gold: mean and
-standard error; the fraction of samples truncated at the length cap).
+standard error; the fraction of samples truncated at the length cap), a wrapper of
+`minirl.evaluation.evaluate_policy`.
 
 The pieces every on-policy algorithm shares (Samples, sample, the scorers, per-token KL,
 kl_penalized_rewards, sequence_kl, make_reference) live in `minirl.rollout` and are re-exported
@@ -39,6 +40,7 @@ from typing import Callable
 
 import torch
 
+from . import evaluation
 from . import kl as kl_mod
 from .advantages import explained_variance, gae, whiten
 from .checks import check_finite, check_prompts, check_tensor
@@ -159,7 +161,6 @@ def critic_values(critic, sequences, attention_mask, prompt_length: int) -> torc
     return v[:, prompt_length - 1: prompt_length - 1 + T]
 
 
-@torch.no_grad()
 def evaluate_policy(policy, ref_model, tokenizer, prompts, score_fn, gold_fn=None, max_new_tokens: int = 16,
                     temperature: float = 1.0, generator=None) -> dict:
     """A held-out evaluation of a policy: one fresh sample per prompt (repeat prompts for more),
@@ -171,24 +172,11 @@ def evaluate_policy(policy, ref_model, tokenizer, prompts, score_fn, gold_fn=Non
     (`sequence_kl`), proxy the score_fn output, truncated the fraction of samples that hit
     max_new_tokens without EOS (their length and KL are censored at the cap), length the mean
     response length in tokens (EOS included). Standard errors: sample std / sqrt(n)."""
-    check_prompts(prompts)
-    prompts = list(prompts)
-    if len(prompts) < 2:
-        raise ValueError("evaluate_policy needs at least 2 prompts (one sample each) for a standard error")
-    policy.eval()
-    s = sample(policy, tokenizer, prompts, max_new_tokens, temperature, generator)
-    values = {"kl": sequence_kl(ref_model, s, temperature), "proxy": score_fn(s)}
-    if gold_fn is not None:
-        gold = gold_fn(s)
-        values.update({f"gold_{k}" if k else "gold": v for k, v in (gold if isinstance(gold, dict) else {"": gold}).items()})
-    n = len(prompts)
-    out = {"n": n}
-    for k, v in values.items():
-        v = torch.as_tensor(v).detach().double()
-        check_tensor(v, k, ndim=1)
-        out[k], out[f"{k}_sem"] = float(v.mean()), float(v.std() / n ** 0.5)
-    out["truncated"] = float((~s.has_eos).double().mean())
-    out["length"] = float(s.response_mask.sum(-1).double().mean())
+    scorers = {"proxy": score_fn} if gold_fn is None else {"proxy": score_fn, "gold": gold_fn}
+    out = evaluation.evaluate_policy(policy, ref_model, tokenizer, prompts, scorers, max_new_tokens=max_new_tokens,
+                                     temperature=temperature, generator=generator, min_samples=2,
+                                     _root=lambda n: n ** 0.5)  # this wrapper's historical rounding
+    del out["logp"]
     return out
 
 

@@ -73,3 +73,99 @@ def test_sample_on_cuda_with_a_cuda_generator(tok):
     assert rollout.sequence_kl(rollout.make_reference(policy), s).is_cuda
     with pytest.raises(ValueError, match="make_generator"):
         rollout.sample(policy, tok, PROMPTS, 6, generator=torch.Generator())
+
+
+# ------------------------------------------------- minirl.evaluation vs the old implementations
+
+def _old_rlhf_evaluate_policy(policy, ref_model, tokenizer, prompts, score_fn, gold_fn=None, max_new_tokens=16,
+                              temperature=1.0, generator=None):
+    """minirl.rlhf.evaluate_policy as it was at commit 6879bdf, before it became a wrapper."""
+    prompts = list(prompts)
+    policy.eval()
+    s = rlhf.sample(policy, tokenizer, prompts, max_new_tokens, temperature, generator)
+    values = {"kl": rlhf.sequence_kl(ref_model, s, temperature), "proxy": score_fn(s)}
+    if gold_fn is not None:
+        gold = gold_fn(s)
+        values.update({f"gold_{k}" if k else "gold": v for k, v in (gold if isinstance(gold, dict) else {"": gold}).items()})
+    n = len(prompts)
+    out = {"n": n}
+    for k, v in values.items():
+        v = torch.as_tensor(v).detach().double()
+        out[k], out[f"{k}_sem"] = float(v.mean()), float(v.std() / n ** 0.5)
+    out["truncated"] = float((~s.has_eos).double().mean())
+    out["length"] = float(s.response_mask.sum(-1).double().mean())
+    return out
+
+
+def _old_dpo_evaluate_samples(policy, ref_model, tokenizer, prompts, gold_fn, max_new_tokens=16, temperature=1.0,
+                              generator=None):
+    """minirl.dpo.evaluate_samples as it was at commit 6879bdf, before it became a wrapper."""
+    import math
+    prompts = list(prompts)
+    policy.eval()
+    s = rlhf.sample(policy, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=generator)
+    kl = rlhf.sequence_kl(ref_model, s, temperature).double()
+    gold = torch.tensor([float(gold_fn(p, r)) for p, r in zip(s.prompts, s.responses)], dtype=torch.float64)
+    n = len(prompts)
+    sem = (lambda x: float(x.std() / math.sqrt(n)) if n > 1 else float("nan"))
+    return {"gold": float(gold.mean()), "gold_sem": sem(gold), "kl": float(kl.mean()), "kl_sem": sem(kl),
+            "length": float(s.response_mask.sum(-1).mean()), "logp": float(s.logprobs.sum(-1).mean()),
+            "truncated": float((~s.has_eos).double().mean())}
+
+
+def _same(a, b):
+    """Same keys in the same order, and bitwise-equal floats (nan == nan)."""
+    assert list(a) == list(b)
+    for k in a:
+        assert a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]), (k, a[k], b[k])
+
+
+@pytest.mark.parametrize("default", [torch.float64, torch.float32])
+def test_rlhf_and_dpo_evaluators_match_their_old_implementations(tok, default):
+    from minirl import dpo, evaluation
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        ref = tiny(tok)
+        policy = tiny(tok, seed=1)  # another policy: KL > 0
+        prompts = PROMPTS * 2
+        proxy = lambda s: (s.response_ids < 64).double().sum(-1)
+        golds = lambda s: {"len": s.response_mask.sum(-1), "eos": s.has_eos.double()}
+        gold_text = lambda p, r: len(r) / 10 - 0.3 * r.count("o")
+        for T, temp in ((6, 1.0), (9, 0.7)):
+            g = lambda: torch.Generator().manual_seed(7)
+            new = rlhf.evaluate_policy(policy, ref, tok, prompts, proxy, golds, T, temp, g())
+            _same(new, _old_rlhf_evaluate_policy(policy, ref, tok, prompts, proxy, golds, T, temp, g()))
+            assert new["kl_sem"] > 1e-4  # two different models: the KL estimates vary
+            new = rlhf.evaluate_policy(policy, ref, tok, prompts, proxy, None, T, temp, g())
+            _same(new, _old_rlhf_evaluate_policy(policy, ref, tok, prompts, proxy, None, T, temp, g()))
+            for ps in (prompts, prompts[:1]):  # one prompt: standard errors are nan
+                new = dpo.evaluate_samples(policy, ref, tok, ps, gold_text, T, temp, g())
+                _same(new, _old_dpo_evaluate_samples(policy, ref, tok, ps, gold_text, T, temp, g()))
+        # the shared function: both wrappers' numbers in one call
+        both = evaluation.evaluate_policy(policy, ref, tok, prompts, {"proxy": proxy, "gold": rlhf.text_scorer(gold_text)},
+                                          max_new_tokens=6, generator=torch.Generator().manual_seed(7))
+        old = _old_rlhf_evaluate_policy(policy, ref, tok, prompts, proxy, None, 6, 1.0, torch.Generator().manual_seed(7))
+        assert list(both) == ["n", "kl", "kl_sem", "proxy", "proxy_sem", "gold", "gold_sem", "truncated", "length", "logp"]
+        assert all(both[k] == old[k] for k in old)
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_evaluate_policy_rejects_bad_inputs(tok):
+    from minirl import dpo, evaluation
+    policy = tiny(tok)
+    ref = rollout.make_reference(policy)
+    ok = lambda s: torch.zeros(len(s.prompts))
+    with pytest.raises(ValueError, match="got one str"):
+        evaluation.evaluate_policy(policy, ref, tok, "the soup", {"proxy": ok})
+    with pytest.raises(ValueError, match="got one str"):
+        dpo.evaluate_samples(policy, ref, tok, "the soup", lambda p, r: 0.0)
+    with pytest.raises(ValueError, match="at least 2"):
+        evaluation.evaluate_policy(policy, ref, tok, PROMPTS[:1], {"proxy": ok})
+    with pytest.raises(ValueError, match="scorers"):
+        evaluation.evaluate_policy(policy, ref, tok, PROMPTS, {"kl": ok})
+    with pytest.raises(ValueError, match="one value per sample"):
+        evaluation.evaluate_policy(policy, ref, tok, PROMPTS, {"proxy": lambda s: torch.zeros(3)}, max_new_tokens=3)
+    with pytest.raises(ValueError, match="1 dimension"):
+        evaluation.evaluate_policy(policy, ref, tok, PROMPTS, {"proxy": lambda s: torch.zeros(8, 1)}, max_new_tokens=3)
