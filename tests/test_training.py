@@ -223,3 +223,23 @@ def test_checkpoint_without_optimizer_cannot_restore_one(tok, float64_default, t
 def test_append_jsonl_is_reexported_by_rlhf():
     from minirl import rlhf
     assert rlhf.append_jsonl is training.append_jsonl
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_step_with_bf16_autocast_and_checkpoint_round_trip(tok, tmp_path):
+    model = tiny(tok).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mbs = training.split_batch(docs(tok, 4), 2)  # CPU tensors: moved to the model's device
+    dtype = training.autocast_dtype_for(training.model_device(model))
+    assert dtype is torch.bfloat16
+    out = training.optimizer_step(model, opt, mbs, lm_loss, weights=[units(m) for m in mbs], max_grad_norm=1.0,
+                                  autocast_dtype=dtype)
+    assert all(p.is_cuda and p.dtype == torch.float32 for p in model.parameters()) and out["grad_norm"] > 0
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    training.save_checkpoint(tmp_path / "c.pt", model, opt, step=1, generator=gen)
+    other = tiny(tok, seed=5).cuda()
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    gen2 = torch.Generator(device="cuda")
+    assert training.load_checkpoint(tmp_path / "c.pt", other, opt2, generator=gen2)["step"] == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), other.parameters()))
+    assert torch.equal(torch.rand(3, device="cuda", generator=gen), torch.rand(3, device="cuda", generator=gen2))
