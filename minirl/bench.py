@@ -7,8 +7,12 @@ For each model it times, with the same functions the lessons use (minirl.lm):
 - generation with and without the KV cache (`generate(use_cache=...)`), in generated tokens/s;
 - the teacher-forced log-prob pass (`sequence_logprobs` under no_grad), in tokens/s;
 - one training step: log-probs with gradients, a masked negative log-likelihood, backward, AdamW;
-- for the tiny model, a PPO/GRPO-sized rollout: 64 responses of 32 tokens with the KV cache.
-Weights are random (timing does not depend on them); the tiny config is read from
+- for the tiny model, a PPO/GRPO-sized rollout: 64 responses of 32 tokens with the KV cache;
+- one GRPO step on the trained tiny model (data/tiny-sft) with its arithmetic verifier: G samples for
+  each of 8 prompts, scoring, reference log-probs, and the update (`grpo_step`), split into those
+  parts. `python -m minirl.bench_trl_grpo` times the same step in TRL's GRPOTrainer and prints the
+  ratio. `--skip-grpo` leaves it out.
+Weights of the sequence benchmarks are random (timing does not depend on them); the tiny config is read from
 data/tiny-sft/config.json when that checkpoint exists. Each time is the median over `repeats`
 calls after a warm-up call (GPT-2 124M: one call, no warm-up except for the training step).
 Prints the device and a markdown table. On a shared machine the times are inflated and noisy.
@@ -26,8 +30,13 @@ from dataclasses import dataclass, field
 import torch
 
 from . import lm
+from .advantages import group_advantages
+from .losses import grpo_loss
 from .paths import DATA_DIR, relative
+from .rewards import arithmetic_rewards
+from .rollout import make_generator, make_reference, sample
 from .utils import get_device
+from .world import arithmetic_prompts
 
 
 @dataclass
@@ -166,6 +175,130 @@ def bench_case(case: Case, device, seed: int = 0) -> list[dict]:
     return rows
 
 
+# ------------------------------------------------------------------------------ one GRPO step
+
+
+@dataclass
+class GRPOCase:
+    """One GRPO step to time, on the trained tiny model and the arithmetic verifier. The TRL
+    benchmark (minirl.bench_trl_grpo) builds its GRPOConfig from the same fields."""
+
+    prompts: int = 8  # prompts per step
+    group: int = 8  # G samples per prompt: prompts * group completions per step
+    max_new_tokens: int = 32  # completion limit (TRL's max_completion_length)
+    steps: int = 3  # timed steps (median reported); each step gets fresh prompts
+    warmup: int = 1  # untimed steps before them
+    beta: float = 0.04  # k3 KL to the reference, so the step includes the reference log-probs
+    loss_type: str = "dapo"  # TRL's default loss_type
+    lr: float = 1e-5  # AdamW, constant
+    max_grad_norm: float = 1.0  # TRL's default
+    temperature: float = 1.0
+    model_dir: str = str(DATA_DIR / "tiny-sft")
+    seed: int = 0
+
+
+QUICK_GRPO = GRPOCase(prompts=2, group=2, max_new_tokens=4, steps=1, warmup=0)
+
+
+def grpo_problems(case: GRPOCase) -> list[list[dict]]:
+    """The arithmetic problems of each step (warm-up steps first): `case.prompts` per step."""
+    n = case.prompts * (case.warmup + case.steps)
+    rows = arithmetic_prompts(n, seed=case.seed)
+    return [rows[i : i + case.prompts] for i in range(0, n, case.prompts)]
+
+
+def grpo_step(policy, ref_model, tokenizer, optimizer, problems: list[dict], case: GRPOCase, generator) -> dict:
+    """One on-policy GRPO step: sample G completions per prompt, score them with the exact-answer
+    verifier, group advantages (TRL's scale_rewards="group"), reference log-probs, then one
+    optimizer step on `grpo_loss` (old log-probs = the current ones detached: one update per
+    rollout, as TRL with num_iterations=1 does), gradient clipping, AdamW.
+
+    Returns the seconds of each part (generation incl. tokenizing and decoding, scoring incl.
+    advantages, reference, update = forward + backward + clip + optimizer step), the step total,
+    the number of completion tokens and the mean reward."""
+    device = next(policy.parameters()).device
+    G = case.group
+    prompts = [p["prompt"] for p in problems for _ in range(G)]
+    answers = [p["answer"] for p in problems for _ in range(G)]
+    t = {}
+    t_start = time.perf_counter()
+
+    def mark(name, t0):
+        _sync(device)
+        t[name] = time.perf_counter() - t0
+        return time.perf_counter()
+
+    t0 = t_start
+    s = sample(policy, tokenizer, prompts, case.max_new_tokens, temperature=case.temperature, generator=generator)
+    t0 = mark("generation", t0)
+    rewards = arithmetic_rewards(s.responses, answers)
+    advantages = group_advantages(rewards, G, scale="group").to(device)
+    t0 = mark("scoring", t0)
+    with torch.no_grad():
+        ref_lp = lm.response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, case.temperature)
+    t0 = mark("reference", t0)
+    policy.train()
+    lp = lm.response_logprobs(policy, s.sequences, s.attention_mask, s.prompt_length, case.temperature)
+    loss, stats = grpo_loss(
+        lp, lp.detach(), advantages.to(lp.dtype), s.response_mask, loss_type=case.loss_type, ref_logprobs=ref_lp,
+        beta=case.beta,
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if case.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), case.max_grad_norm)
+    optimizer.step()
+    policy.eval()
+    t0 = mark("update", t0)
+    t["step"] = t0 - t_start
+    t["completion_tokens"] = int(s.response_mask.sum())
+    t["reward"] = float(rewards.mean())
+    return t
+
+
+def bench_grpo(case: GRPOCase, device) -> dict:
+    """Median over `case.steps` GRPO steps (after `case.warmup`) of each part of `grpo_step`:
+    a dict with keys generation, scoring, reference, update, step (seconds), completion_tokens,
+    reward (means over the timed steps)."""
+    from .models import load_policy
+
+    policy, tokenizer = load_policy(case.model_dir, device=device)
+    ref_model = make_reference(policy)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=case.lr)
+    generator = make_generator(case.seed, device)
+    runs = []
+    for i, problems in enumerate(grpo_problems(case)):
+        r = grpo_step(policy, ref_model, tokenizer, optimizer, problems, case, generator)
+        if i >= case.warmup:
+            runs.append(r)
+    return summarize_steps(runs)
+
+
+GRPO_PARTS = ("generation", "scoring", "reference", "update", "step")
+
+
+def summarize_steps(runs: list[dict]) -> dict:
+    """Medians of the timed parts, means of the token counts and rewards, over the timed steps."""
+    out = {k: statistics.median(r[k] for r in runs) for k in GRPO_PARTS}
+    out["completion_tokens"] = statistics.mean(r["completion_tokens"] for r in runs)
+    out["reward"] = statistics.mean(r["reward"] for r in runs)
+    out["n_steps"] = len(runs)
+    return out
+
+
+def format_grpo_table(results: dict[str, dict], case: GRPOCase) -> str:
+    """One row per implementation: the parts of a GRPO step and its total, in seconds."""
+    lines = [f"GRPO step: {case.prompts} prompts x G = {case.group} samples, <= {case.max_new_tokens} new tokens, "
+             f"beta = {case.beta}, loss_type = {case.loss_type} (median of {case.steps} steps after {case.warmup} warm-up)",
+             "",
+             "| implementation | generation | scoring | reference log-probs | update | step | completion tokens/step | mean reward |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['generation']:.3f} s | {r['scoring']:.3f} s | {r['reference']:.3f} s | "
+                     f"{r['update']:.3f} s | {r['step']:.3f} s | {r['completion_tokens']:.0f} | {r['reward']:.3f} |")
+    return "\n".join(lines)
+
+
 def peak_memory(device) -> str:
     """Peak resident memory of this process (Linux reports kB, macOS bytes), and CUDA peak if used."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -200,15 +333,20 @@ def describe_machine(device) -> str:
     return text
 
 
-def main(argv=None, cases: list[Case] | None = None) -> list[dict]:
+def main(argv=None, cases: list[Case] | None = None, grpo: GRPOCase | None = None) -> list[dict]:
+    """Run the benchmark. With `cases` given (tests), the GRPO step runs only if `grpo` is given;
+    from the command line it runs unless --skip-grpo (QUICK_GRPO with --quick)."""
     parser = argparse.ArgumentParser(prog="python -m minirl.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a minuscule config only (seconds)")
     parser.add_argument("--skip-124m", action="store_true", help="time the tiny config only")
+    parser.add_argument("--skip-grpo", action="store_true", help="leave out the GRPO step")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     args = parser.parse_args(argv)
     device = get_device(args.device)
     if cases is None:
         cases = default_cases(args.quick, args.skip_124m)
+        if grpo is None and not args.skip_grpo:
+            grpo = QUICK_GRPO if args.quick else GRPOCase()
     print(describe_machine(device))
     rows = []
     for case in cases:
@@ -221,6 +359,12 @@ def main(argv=None, cases: list[Case] | None = None) -> list[dict]:
         by = {r["what"]: r for r in rows if r["model"] == name}
         speedup = by["generate, no cache"]["seconds"] / by["generate, KV cache"]["seconds"]
         print(f"\n{name}: the KV cache makes generation {speedup:.1f}x faster")
+    if grpo is not None:
+        print(f"\ntiming one GRPO step on {relative(grpo.model_dir)} ...", flush=True)
+        res = bench_grpo(grpo, device)
+        print()
+        print(format_grpo_table({"minirl": res}, grpo))
+        rows.append(dict(model=relative(grpo.model_dir), what="grpo step", **res))
     print(peak_memory(device))
     return rows
 

@@ -250,3 +250,17 @@ def test_overlong_penalty():
         overlong_penalty([1], 4, 5)
     with pytest.raises(ValueError, match=">= 0"):
         overlong_penalty([-1], 4, 2)
+
+
+# ---------------------------------------------------------------- the GRPO step of the benchmark
+
+
+def test_bench_grpo_step_quick(capsys):
+    from minirl import bench
+
+    rows = bench.main(["--device", "cpu"], cases=[], grpo=bench.QUICK_GRPO)
+    text = capsys.readouterr().out
+    (r,) = [r for r in rows if r["what"] == "grpo step"]
+    assert all(r[k] >= 0 for k in bench.GRPO_PARTS) and r["step"] >= r["update"] > 0
+    assert r["completion_tokens"] > 0 and 0 <= r["reward"] <= 1
+    assert "| minirl |" in text and "GRPO step: 2 prompts x G = 2" in text

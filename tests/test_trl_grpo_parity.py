@@ -310,3 +310,16 @@ def test_rloo_loss_matches_trl(tiny, eps_high):
     if eps_high is None:  # and PPO's own loss on (B,) sequence log-probs is the same thing
         ppo, _ = ppo_policy_loss((lp * m).sum(1), old_seq, adv, clip_eps=0.2)
         torch.testing.assert_close(ppo, trl_loss, atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------- the benchmark script
+
+
+def test_bench_trl_grpo_quick_runs(capsys):
+    from minirl import bench_trl_grpo
+
+    res = bench_trl_grpo.main(["--quick", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert res["ratio"] > 0 and "TRL step / minirl step" in text and "| TRL 1.16.0 GRPOTrainer |" in text
+    trl_row = res["TRL 1.16.0 GRPOTrainer"]
+    assert trl_row["generation"] > 0 and trl_row["reference"] > 0 and trl_row["completion_tokens"] > 0
