@@ -11,7 +11,8 @@ reward is sparse and terminal: `terminal_reward[s_T]` after the last token. Poli
 `probs[t, s, a]` (T, S, A), time-dependent like an LM's.
 
 Because S, A and T are small, values, advantages, state distributions, the expected return and
-its gradient are all computed exactly by dynamic programming, in float64.
+its gradient, and the mean and variance of the GAE policy-gradient estimator, are all computed
+exactly by dynamic programming, in float64.
 """
 from __future__ import annotations
 
@@ -47,18 +48,26 @@ def make_chain(
     horizon: int = 6,
     slip: float = 0.3,
     generator: torch.Generator | None = None,
+    stickiness: float = 0.0,
 ) -> TokenChain:
     """A random chain: a random deterministic `next_state[s, a]` blended with a uniform slip,
-    terminal rewards uniform in [0, 1], start state 0. float64 throughout."""
-    if n_states < 2 or n_actions < 2 or horizon < 1 or not (0 <= slip <= 1):
+    terminal rewards uniform in [0, 1], start state 0. float64 throughout.
+
+    stickiness: the probability that the state stays where it is whatever the token (the rest of
+    the transition is the blend above). With stickiness near 1 an early token's effect on the final
+    state survives a long response instead of being mixed away (lesson 06 uses it for T = 30 .. 200).
+    0 (the default) gives exactly the chain of earlier versions, with the same random draws."""
+    if n_states < 2 or n_actions < 2 or horizon < 1 or not (0 <= slip <= 1) or not (0 <= stickiness <= 1):
         raise ValueError(
-            f"need n_states >= 2, n_actions >= 2, horizon >= 1, slip in [0, 1]; got "
-            f"{n_states}, {n_actions}, {horizon}, {slip}"
+            f"need n_states >= 2, n_actions >= 2, horizon >= 1, slip and stickiness in [0, 1]; got "
+            f"{n_states}, {n_actions}, {horizon}, {slip}, {stickiness}"
         )
     S, A = n_states, n_actions
     nxt = torch.randint(0, S, (S, A), generator=generator)
     P = slip * torch.full((S, A, S), 1.0 / S, dtype=torch.float64)
     P += (1 - slip) * torch.nn.functional.one_hot(nxt, S).to(torch.float64)
+    if stickiness > 0:
+        P = stickiness * torch.eye(S, dtype=torch.float64)[:, None, :] + (1 - stickiness) * P
     R = torch.rand(S, generator=generator, dtype=torch.float64)
     start = torch.zeros(S, dtype=torch.float64)
     start[0] = 1.0
@@ -203,3 +212,45 @@ def expected_score_gradient(chain: TokenChain, probs: torch.Tensor, weights: tor
     d = state_distribution(chain, probs)  # (T, S)
     centered = weights - (probs * weights).sum(-1, keepdim=True)
     return (d[..., None] * probs * centered).reshape(-1)
+
+
+def gae_second_moment(
+    chain: TokenChain, probs: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> torch.Tensor:
+    """E[A_hat_t^2 | s_t = s, a_t = a] of GAE computed with a value table, exactly (the companion of
+    `expected_gae`). With delta = r_t(s') + gamma values[t+1, s'] - values[t, s] and M1, M2 the
+    policy averages of the first and second moments at t + 1:
+        E[A_t^2 | s, a] = sum_s' P(s'|s, a) (delta^2 + 2 gamma lam delta M1(s') + (gamma lam)^2 M2(s'))
+    values (T+1, S). Returns (T, S, A).
+    """
+    m1 = expected_gae(chain, probs, values, gamma, lam)  # checks the shapes
+    T, S = chain.horizon, chain.n_states
+    out = [None] * T
+    nxt1 = torch.zeros(S, dtype=probs.dtype)
+    nxt2 = torch.zeros(S, dtype=probs.dtype)
+    for t in reversed(range(T)):
+        r = chain.terminal_reward if t == T - 1 else torch.zeros_like(chain.terminal_reward)
+        delta = (r + gamma * values[t + 1])[None, :] - values[t][:, None]  # (S, S'): from s to s'
+        inner = delta[:, None, :] ** 2 + 2 * gamma * lam * delta[:, None, :] * nxt1 + (gamma * lam) ** 2 * nxt2
+        out[t] = (chain.transitions * inner).sum(-1)  # (S, A)
+        nxt1 = (probs[t] * m1[t]).sum(-1)
+        nxt2 = (probs[t] * out[t]).sum(-1)
+    return torch.stack(out)
+
+
+def gae_gradient_variance(
+    chain: TokenChain, probs: torch.Tensor, values: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> torch.Tensor:
+    """Exact variance, per position t, of one episode's GAE policy-gradient estimate restricted to the
+    logits theta[t] of that position: E||g_t - E g_t||^2 with g_t = A_hat_t (onehot(a_t) - pi(.|t, s_t))
+    in row s_t (see `tabular_score_gradients`). The blocks are disjoint, so the sum over t is the
+    variance of the whole estimate. values (T+1, S). Returns (T,).
+    """
+    T = chain.horizon
+    m1 = expected_gae(chain, probs, values, gamma, lam)
+    m2 = gae_second_moment(chain, probs, values, gamma, lam)
+    d = state_distribution(chain, probs)  # (T, S)
+    score_sq = 1 - 2 * probs + probs.pow(2).sum(-1, keepdim=True)  # |onehot(a) - pi|^2, (T, S, A)
+    second = (d[..., None] * probs * score_sq * m2).sum((1, 2))  # E|g_t|^2, (T,)
+    mean = expected_score_gradient(chain, probs, m1).reshape(T, -1)
+    return second - mean.pow(2).sum(1)
