@@ -96,7 +96,7 @@ class Samples:
     sequences           (B, P + T) long   left-padded prompt ids then response ids
     attention_mask      (B, P + T) long
     response_ids        (B, T) long
-    response_mask       (B, T) float      1 up to and including the first EOS
+    response_mask       (B, T) float32    1 up to and including the first EOS (float32 whatever the default dtype)
     logprobs            (B, T)            log pi_old of each sampled token (the sampler's), 0 on padding
     ref_logprobs        (B, T)            log pi_ref of the same tokens (same temperature)
     values              (B, T)            V(state before token t) from the critic
@@ -122,7 +122,8 @@ class Samples:
 
 
 def text_scorer(fn: Callable[[str, str], float]) -> Callable[[Samples], torch.Tensor]:
-    """Wrap a per-text reward fn(prompt, response) -> float as a score_fn(samples) -> (B,)."""
+    """Wrap a per-text reward fn(prompt, response) -> float as a score_fn(samples) -> (B,) in the
+    default dtype, on the samples' device."""
     def score(samples: Samples) -> torch.Tensor:
         return torch.tensor([float(fn(p, r)) for p, r in zip(samples.prompts, samples.responses)],
                             device=samples.sequences.device if samples.sequences is not None else None)
