@@ -125,7 +125,9 @@ def time_trl_steps(trainer, case: bench.GRPOCase, device) -> dict:
 
     trainer.add_callback(StepTimer())
     trainer.remove_callback(PrinterCallback)  # no per-step log dicts on stdout
-    trainer.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # transformers' gradient_checkpointing renames
+        trainer.train()
     timed = runs[case.warmup :]
     return bench.summarize_steps(timed)
 
