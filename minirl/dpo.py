@@ -244,7 +244,8 @@ def implicit_rewards(policy, ref_model, tokenizer, rows, beta: float, max_len: i
     return out
 
 
-def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, eval_rows=None) -> list[dict]:
+def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, eval_rows=None,
+              callback: Callable | None = None) -> list[dict]:
     """Train `policy` in place by DPO on preference rows against the frozen `ref_model`.
 
     The reference log-probs of every pair are computed once up front (TRL's precompute_ref_logps):
@@ -254,6 +255,10 @@ def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, 
     the means of `dpo_step`'s statistics over those steps, and, with eval_rows, the held-out
     "eval_accuracy", "eval_margin", "eval_chosen_logps", "eval_rejected_logps" (means) from
     `implicit_rewards`. A row at step 0 (before training) is recorded too. Returns the rows.
+
+    callback(step, policy), if given, is called after every optimizer step (step = 1, 2, ...), e.g.
+    to evaluate checkpoints along training; it must not change the policy's weights. The policy is
+    put back in training mode after it returns, so a callback may sample (policy.eval()).
     """
     cfg = cfg or DPOConfig()
     _check_config(cfg)
@@ -285,6 +290,9 @@ def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, 
             mb = _select(batch, torch.cat([idx, idx + B]))  # chosen rows, then their rejected rows
             buf.append(dpo_step(policy, opt, mb, ref[idx], ref[idx + B], cfg))
             step += 1
+            if callback is not None:
+                callback(step, policy)
+                policy.train()
             if step % cfg.log_every == 0:
                 mean = {k: sum(d[k] for d in buf) / len(buf) for k in buf[0]}
                 history.append({"step": step, "epoch": epoch, **mean, **eval_stats()})

@@ -114,6 +114,23 @@ def test_same_seed_same_run(tok):
     assert runs[0] == runs[1]
 
 
+def test_callback_sees_every_step_and_changes_nothing(tok):
+    """train_dpo(callback=...) is called after each step; sampling in it leaves the run unchanged."""
+    cfg = dpo.DPOConfig(epochs=2, batch_size=2, log_every=1)
+    policy_a, policy_b = tiny(tok), tiny(tok)
+    ref = copy.deepcopy(policy_a).requires_grad_(False)
+    hist_a = dpo.train_dpo(policy_a, ref, tok, ROWS, cfg)
+    seen = []
+
+    def callback(step, pol):
+        seen.append(step)
+        rlhf.sample(pol, tok, [ROWS[0]["prompt"]], 4, 1.0, torch.Generator().manual_seed(step))  # sets eval mode
+
+    hist_b = dpo.train_dpo(policy_b, ref, tok, ROWS, cfg, callback=callback)
+    assert seen == [1, 2, 3, 4] and hist_a == hist_b
+    assert all(torch.equal(a, b) for a, b in zip(policy_a.parameters(), policy_b.parameters()))
+
+
 def test_evaluate_samples_at_the_reference_has_zero_kl(tok):
     policy = tiny(tok)
     ref = copy.deepcopy(policy)
