@@ -93,8 +93,10 @@ def _is_solutions_heading(source: str) -> bool:
 
 
 def tidy_metadata(nb) -> None:
-    """Set the kernelspec JupyterLab writes and collapse every "Solutions" heading (in place)."""
+    """Set the kernelspec JupyterLab writes, drop stored widget state, fold "Solutions" headings (in place)."""
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    # nbclient stores the widgets' state; JupyterLab does not (by default) and would drop it on save
+    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type == "markdown" and _is_solutions_heading(cell.source):
             cell.metadata[_COLLAPSED] = True
@@ -184,6 +186,54 @@ def _same_code(a: str, b: str) -> bool:
         return False
 
 
+def wrap_comments_and_docstrings(source: str, limit: int = MAX_CODE_LINE) -> str:
+    """Re-wrap over-long full-line comments and one-line docstrings; move a long inline comment
+    onto its own line(s) above its code. The code itself is unchanged (checked by the caller)."""
+    import re
+    import textwrap
+
+    out = []
+    for line in source.splitlines():
+        if len(line) <= limit:
+            out.append(line)
+            continue
+        indent = line[: len(line) - len(line.lstrip())]
+        stripped = line.strip()
+        m_doc = re.fullmatch(r'"""(.*)"""', stripped)
+        if stripped.startswith("#") and not stripped.startswith("# NBVAL"):
+            text = stripped.lstrip("#").strip()
+            out += [indent + "# " + t for t in textwrap.wrap(text, limit - len(indent) - 2)]
+        elif m_doc and "\\" not in stripped:
+            body = textwrap.wrap(m_doc.group(1), limit - len(indent) - 6)
+            body[0] = '"""' + body[0]
+            body[-1] = body[-1] + '"""'
+            out += [indent + t for t in body]
+        elif "  # " in line and "'" not in line.split("  # ", 1)[1] and '"' not in line.split("  # ", 1)[1]:
+            code, comment = line.split("  # ", 1)
+            out += [indent + "# " + t for t in textwrap.wrap(comment.strip(), limit - len(indent) - 2)]
+            out.append(code.rstrip())
+        else:
+            out.append(line)
+    return "\n".join(out) + ("\n" if source.endswith("\n") else "")
+
+
+def _same_code_but_docstrings(a: str, b: str) -> bool:
+    import ast
+
+    def strip(tree):
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                body[0].value.value = " ".join(body[0].value.value.split())
+        return ast.dump(tree)
+
+    try:
+        return strip(ast.parse(a)) == strip(ast.parse(b))
+    except SyntaxError:
+        return False
+
+
 def tidy_code(nb, limit: int = MAX_CODE_LINE) -> list[str]:
     """Wrap over-long string literals in code cells (checked: the code's AST is unchanged).
 
@@ -202,6 +252,9 @@ def tidy_code(nb, limit: int = MAX_CODE_LINE) -> list[str]:
             new = new2
         if new != cell.source and _same_code(cell.source, new):
             cell.source = new
+        wrapped = wrap_comments_and_docstrings(cell.source, limit)
+        if wrapped != cell.source and _same_code_but_docstrings(cell.source, wrapped):
+            cell.source = wrapped
         left += [line for line in cell.source.splitlines() if len(line) > limit]
     return left
 
