@@ -181,3 +181,28 @@ def test_combine_rows_sums_counts_maxes_times_means_the_rest():
     done = common.finish_row({"generated_tokens": 40, "time_step": 4.0, "time_update": 2.0, "update_tokens": 8,
                               "update_flops": 4e12}, peak=1.0, world_size=2)
     assert done["tokens_per_s"] == 10 and done["update_tokens_per_s"] == 4 and done["mfu"] == 1.0
+
+
+def saved_bytes(model, ids):
+    """Bytes of the tensors autograd saves for the backward of sequence_logprobs (weights aside)."""
+    from minirl.lm import sequence_logprobs
+
+    seen, weights = {}, {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sequence_logprobs(model, ids, torch.ones_like(ids))
+    return sum(v for k, v in seen.items() if k not in weights)
+
+
+def test_activation_estimate_matches_the_saved_tensors(tok, float64_default):
+    model = models.tiny_gpt2(tok, n_layer=3, n_embd=64, n_head=4, n_positions=64).train()
+    for B, T in ((2, 16), (3, 40)):
+        ids = torch.randint(5, 600, (B, T))
+        measured = saved_bytes(model, ids)
+        assert measured == pytest.approx(common.activation_bytes_estimate(model.config, B, T, 8), rel=0.01)
+    with pytest.raises(ValueError):
+        common.activation_bytes_estimate(model.config, 1, 1, 8)

@@ -120,7 +120,7 @@ PRESETS = {
     "tiny": {
         "base": _TINY_SENTIMENT,
         "ppo": dict(lr=3e-4, kl_coef=0.05, ppo_epochs=2, prompts_per_step=8),
-        "dpo": dict(lr=1e-3, kl_coef=0.1, prompts_per_step=8),
+        "dpo": dict(lr=2e-4, kl_coef=0.1, prompts_per_step=8),
         "rloo": dict(lr=1e-4, kl_coef=0.0),
         "grpo": dict(lr=1e-4, kl_coef=0.04),
         "best_of_n": dict(group_size=8),
@@ -327,17 +327,27 @@ def kv_cache_bytes(cfg, batch: int, seq_len: int, bytes_per_value: int) -> int:
     return 2 * L * d * batch * seq_len * bytes_per_value
 
 
-def activation_bytes_estimate(cfg, batch: int, seq_len: int, n_head: int, bytes_per_value: int,
-                              per_layer_width: float = 16.0, logit_copies: float = 2.0) -> int:
-    """Tensors saved for the backward pass of one forward over B x T tokens, estimated as
-    per_layer_width * d values per token per layer (the inputs of each matmul and LayerNorm, the
-    MLP's 4d pre- and post-GELU), plus the attention probabilities (heads x T per token per
-    layer), plus `logit_copies` x V per token for the logits and their log-softmax: at GPT-2's
-    vocabulary the last term dominates for short sequences."""
+def activation_bytes_estimate(cfg, batch: int, seq_len: int, bytes_per_value: int, per_layer_width: float = 30.0,
+                              n_head_scores: int = 0) -> int:
+    """Tensors saved for the backward pass of one teacher-forced log-prob pass over B x T tokens:
+
+        per token   L * per_layer_width * d       inside the blocks (inputs of the matmuls and
+                                                  LayerNorms, q, k, v, the MLP's 4d tensors and
+                                                  the GELU's intermediates: 30 d for Hugging
+                                                  Face's GPT-2, measured in lesson 17)
+                  + 2 d                           the final LayerNorm's input and output
+                  + (T - 1) / T * V               the log-softmax over the vocabulary (T - 1
+                                                  predicted positions per row)
+                  + L * n_head_scores * T         the attention probabilities, only for an
+                                                  eager attention that stores them (pass n_head;
+                                                  0 for SDPA / flash attention, which recompute)
+
+    At GPT-2's vocabulary the log-softmax term is as large as about two blocks."""
     V, _, L, d = _shape(cfg)
-    tokens = batch * seq_len
-    per_token = L * (per_layer_width * d + n_head * seq_len) + logit_copies * V
-    return int(tokens * per_token * bytes_per_value)
+    if batch < 1 or seq_len < 2:
+        raise ValueError(f"need batch >= 1 and seq_len >= 2, got {batch}, {seq_len}")
+    per_token = L * per_layer_width * d + 2 * d + (seq_len - 1) / seq_len * V + L * n_head_scores * seq_len
+    return int(round(batch * seq_len * per_token * bytes_per_value))
 
 
 def memory_breakdown(method: str, n_params: int, *, critic_params: int | None = None, reward_params: int = 0,
