@@ -42,7 +42,6 @@ Conventions, TRL's and therefore ours (so where a paper or another library diffe
     grpo_loss on (B, 1) "tokens" holding the summed log-probs (and ppo_policy_loss on (B,) ones).
 """
 import os
-import tempfile
 import warnings
 import zlib
 from types import SimpleNamespace
@@ -58,10 +57,6 @@ if trl.__version__ != "1.16.0":
     pytest.skip(f"adapters written for trl 1.16.0 private methods, found {trl.__version__}", allow_module_level=True)
 
 from datasets import Dataset  # noqa: E402
-from datasets.utils import logging as ds_logging  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from minirl.advantages import frac_reward_zero_std, group_advantages, rloo_advantages  # noqa: E402
 from minirl.losses import grpo_loss, ppo_policy_loss  # noqa: E402
@@ -75,27 +70,9 @@ PROMPTS = ["a b", "c"]
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A random 1-layer GPT-2 and a 7-word word-level tokenizer, saved to a temporary folder (TRL
-    loads the reference model from the policy's path when beta > 0). Nothing is downloaded."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    ds_logging.disable_progress_bar()
-    words = ["<pad>", "<eos>", "a", "b", "c", "good", "bad"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    config = GPT2Config(
-        vocab_size=len(words), n_positions=16, n_embd=8, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=1,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="minirl_trl_grpo_") as d:
-        GPT2LMHeadModel(config).save_pretrained(d)
-        tokenizer.save_pretrained(d)
-        yield SimpleNamespace(path=d, tokenizer=tokenizer)
-    hf_logging.set_verbosity(verbosity)
-    ds_logging.enable_progress_bar()
+def tiny(trl_tiny):
+    """The shared tiny GPT-2 + 7-word tokenizer of tests/conftest.py (`trl_tiny`)."""
+    return trl_tiny
 
 
 def make_trainer(tiny, kind="grpo", **kwargs):

@@ -6,7 +6,7 @@ adapter that reaches into TRL's private methods is in this one module, pinned to
 failing obscurely).
 
   DPO   DPOTrainer._compute_loss(model, inputs, return_outputs): a trainer built on a tiny random
-        GPT-2 and a word-level tokenizer (made here, offline), with `precompute_ref_logps = True`
+        GPT-2 and a word-level tokenizer (tests/conftest.py's `trl_tiny`, offline), with `precompute_ref_logps = True`
         so the reference log-probs come from `inputs`, and a stand-in "model" whose forward
         returns our per-token log-probs. TRL sums them over the sequence, so they are zero
         outside the completion. Chosen rows come first, rejected second.
@@ -22,7 +22,6 @@ Besides the losses, the gradients with respect to the per-token log-probs are co
 sides are differentiable functions of the same leaf tensor.
 """
 import os
-import tempfile
 import warnings
 from types import SimpleNamespace
 
@@ -37,10 +36,6 @@ if trl.__version__ != "1.16.0":
     pytest.skip(f"adapters written for trl 1.16.0 private methods, found {trl.__version__}", allow_module_level=True)
 
 from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-from datasets.utils import logging as ds_logging  # noqa: E402
 
 from minirl.losses import cpo_loss, dpo_loss, kto_loss, orpo_loss, simpo_loss  # noqa: E402
 
@@ -53,27 +48,9 @@ B, T = 4, 7  # pairs per batch, sequence width (prompt + completion + padding)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    """A random 1-layer GPT-2 and a word-level tokenizer over a 7-word vocabulary: enough for
-    TRL's trainers to build (they tokenize the dataset at construction), nothing downloaded."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # TRL's dataset preparation logs and shows bars; quiet here
-    ds_logging.disable_progress_bar()
-    words = ["<pad>", "<eos>", "a", "b", "c", "good", "bad"]
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="a"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    config = GPT2Config(
-        vocab_size=len(words), n_positions=16, n_embd=8, n_layer=1, n_head=2, bos_token_id=1, eos_token_id=1,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="minirl_trl_") as outdir:
-        yield SimpleNamespace(
-            model=GPT2LMHeadModel(config), ref=GPT2LMHeadModel(config), tokenizer=tokenizer, outdir=outdir
-        )
-    hf_logging.set_verbosity(verbosity)
-    ds_logging.enable_progress_bar()
+def tiny(trl_tiny):
+    """The shared tiny GPT-2 + 7-word tokenizer of tests/conftest.py (`trl_tiny`)."""
+    return trl_tiny
 
 
 def _trainer_args(config_cls, tiny, **kwargs):

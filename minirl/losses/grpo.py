@@ -14,21 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import as_float_mask, check_finite, check_tensor
+from ..checks import as_float_mask, check_finite, check_like, check_tensor
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 IMPORTANCE_LEVELS = ("token", "sequence")
 
 
 def _same(x, name, like, m, what="logprobs"):
-    check_tensor(x, name, floating=True)
-    if x.shape != like.shape:
-        raise ValueError(f"{name} must have the shape of {what} {tuple(like.shape)}, got {tuple(x.shape)}")
-    if x.dtype != like.dtype:
-        raise ValueError(f"{name} must have the dtype of {what} ({like.dtype}), got {x.dtype}")
-    if not bool(torch.isfinite(torch.where(m > 0, x, torch.zeros_like(x))).all()):
-        raise ValueError(f"{name} must be finite on the masked-in entries, got NaN or inf")
-    return x
+    return check_like(x, name, like, m, what=what, same_dtype=True)
 
 
 def grpo_loss(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import as_float_mask, check_finite, check_tensor
+from ..checks import as_float_mask, check_finite, check_like, check_tensor
 from ..kl import k1, k2, k3
 from ..masks import masked_mean
 
@@ -45,12 +45,7 @@ def reinforce_loss(
 
 
 def _token_inputs(x, name, like, m):
-    check_tensor(x, name, floating=True)
-    if x.shape != like.shape:
-        raise ValueError(f"{name} must have shape {tuple(like.shape)}, got {tuple(x.shape)}")
-    if not bool(torch.isfinite(torch.where(m > 0, x, torch.zeros_like(x))).all()):
-        raise ValueError(f"{name} must be finite on the masked-in entries, got NaN or inf")
-    return x
+    return check_like(x, name, like, m)
 
 
 def ppo_policy_loss(

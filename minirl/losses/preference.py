@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..checks import check_tensor
+from ..checks import check_batch_1d, check_positive, check_tensor
 
 __all__ = [
     "bradley_terry_loss",
@@ -45,26 +45,10 @@ DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
 # input checks
 
 
-def _check_batch(**tensors: torch.Tensor) -> int:
-    """Named (B,) floating tensors, non-empty, all of one shape. Returns B."""
-    items = list(tensors.items())
-    for name, t in items:
-        check_tensor(t, name, ndim=1, floating=True)
-    first_name, first = items[0]
-    for name, t in items[1:]:
-        if t.shape != first.shape:
-            raise ValueError(
-                f"{name} must have the same shape as {first_name} {tuple(first.shape)} "
-                f"(one entry per example), got {tuple(t.shape)}"
-            )
-    if first.numel() == 0:
-        raise ValueError(f"{first_name} is empty: a loss needs at least one example")
-    return first.numel()
-
-
-def _check_positive(value: float, name: str) -> None:
-    if not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
+# The shared validators live in minirl.checks (one copy for every loss); the short private names
+# are kept for the code below.
+_check_batch = check_batch_1d
+_check_positive = check_positive
 
 
 def _check_smoothing(label_smoothing: float) -> None:
