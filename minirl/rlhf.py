@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -56,6 +55,7 @@ from .rollout import (  # noqa: F401
     apply_missing_eos_penalty,
     kl_penalized_rewards,
     last_token_position,
+    make_generator,
     make_reference,
     per_token_kl,
     reward_model_scorer,
@@ -65,6 +65,7 @@ from .rollout import (  # noqa: F401
 )
 from .world import read_jsonl  # noqa: F401  (re-exported: reads the JSONL logs written by train_ppo)
 from .training import append_jsonl  # noqa: F401  (re-exported: train_ppo's run log)
+from .training import model_device, run_loop
 from .utils import timer
 from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
@@ -143,6 +144,9 @@ def make_critic(model, value_head_init: str = "zero", seed: int = 0) -> ScalarHe
         raise ValueError(f"value_head_init must be 'zero' or 'normal', got {value_head_init!r}")
     backbone = model.backbone if isinstance(model, ScalarHeadModel) else model.base_model
     critic = ScalarHeadModel(copy.deepcopy(backbone), seed=seed)
+    ref = next(backbone.parameters())
+    critic.head.to(device=ref.device, dtype=ref.dtype)  # the head follows the backbone (a float64 policy
+    # under a float32 default dtype, or a policy on a GPU)
     if value_head_init == "zero":
         with torch.no_grad():
             critic.head.weight.zero_()
@@ -192,7 +196,7 @@ def rollout(policy, ref_model, critic, tokenizer, prompts, score_fn, cfg: PPOCon
     with timer(timings, "score"):
         raw = score_fn(s)
         check_tensor(raw, "score_fn output", ndim=1)
-        s.raw_scores = raw.detach().to(torch.get_default_dtype())  # float64 in the lessons: no rounding
+        s.raw_scores = raw.detach().to(device=s.logprobs.device, dtype=s.logprobs.dtype)  # the policy's dtype
     with timer(timings, "reference"):
         s.ref_logprobs = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length,
                                            cfg.temperature) * s.response_mask
@@ -218,7 +222,7 @@ def ppo_update(policy, critic, optimizer, s: Samples, advantages, returns, cfg: 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums, n_steps, entropies = {}, 0, []
     for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(B, generator=generator)
+        order = torch.randperm(B, generator=generator, device=None if generator is None else generator.device)
         for start in range(0, B, cfg.minibatch_size):
             i = order[start:start + cfg.minibatch_size]
             m = s.response_mask[i]
@@ -287,7 +291,7 @@ def init_ppo(policy, cfg: PPOConfig, ref_model=None, critic=None) -> PPOState:
     ref_model = make_reference(policy) if ref_model is None else ref_model
     critic = make_critic(policy, cfg.value_head_init, seed=cfg.seed) if critic is None else critic
     return PPOState(policy, ref_model, critic, make_optimizer(policy, critic, cfg), make_controller(cfg),
-                    torch.Generator().manual_seed(cfg.seed))
+                    make_generator(cfg.seed, model_device(policy)))
 
 
 def prepare_scores(state: PPOState, s: Samples, cfg: PPOConfig) -> torch.Tensor:
@@ -342,7 +346,7 @@ def ppo_iteration(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig,
         "vf_loss": upd["vf_loss"],
         "explained_variance": float(explained_variance(s.values, returns, s.response_mask)),
         "response_length": float(s.response_mask.sum(-1).mean()),
-        "eos_fraction": float(s.has_eos.float().mean()),
+        "eos_fraction": float(s.has_eos.to(s.logprobs.dtype).mean()),
     }
     if gold_fn is not None:
         gold = gold_fn(s)
@@ -364,19 +368,12 @@ def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gol
     message} is appended, the rows so far are kept, and the error is re-raised. Returns
     state.history."""
     check_prompts(prompts)
-    if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_path).write_text("")
-    for _ in range(cfg.n_iterations):
-        idx = torch.randint(len(prompts), (cfg.batch_size,), generator=state.generator)
-        try:
-            row = ppo_iteration(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg, gold_fn)
-        except (FloatingPointError, ValueError) as e:
-            if log_path is not None:
-                append_jsonl(log_path, {"iteration": len(state.history), "stopped": str(e)})
-            raise
-        if log_path is not None:
-            append_jsonl(log_path, row)
-        if callback is not None:
-            callback(state, row)
+
+    def step(_):
+        idx = torch.randint(len(prompts), (cfg.batch_size,), generator=state.generator,
+                            device=state.generator.device).tolist()
+        return ppo_iteration(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg, gold_fn)
+
+    run_loop(step, cfg.n_iterations, log_path=log_path, first_index=len(state.history),
+             callback=None if callback is None else (lambda row: callback(state, row)))
     return state.history

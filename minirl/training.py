@@ -9,6 +9,8 @@ run log that appends on resume.
     save_checkpoint(path, model, opt, ...)           model + optimizer + scheduler + RNG states + step
     load_checkpoint(path, model, opt, ...)           restores all of it, returns {"step", "extra"}
     append_jsonl(path, row), start_run_log(path, resume_step=None)   the run log
+    run_loop(step_fn, n_steps, log_path=..., ...)    the outer loop of every train_*: log, stop row,
+                                                     callback, early stop
 
 Gradient accumulation. A batch split into micro-batches i = 1..k, with `loss_fn(model, mb_i)`
 returning the MEAN loss over that micro-batch's units (tokens, sequences, pairs) and `weights[i]`
@@ -48,6 +50,7 @@ __all__ = [
     "load_checkpoint",
     "append_jsonl",
     "start_run_log",
+    "run_loop",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -357,3 +360,42 @@ def start_run_log(path, resume_step: int | None = None, key: str = "step") -> li
         kept_lines.append(line)
     path.write_text("".join(line + "\n" for line in kept_lines))
     return kept
+
+
+# --------------------------------------------------------------- the outer loop
+
+
+def run_loop(step_fn: Callable[[int], dict], n_steps: int, *, log_path=None, resume_step: int | None = None,
+             first_index: int = 0, key: str = "iteration", callback: Callable[[dict], None] | None = None,
+             stop: Callable[[dict], bool] | None = None) -> list[dict]:
+    """The outer loop every `train_*` shares, so that each algorithm file keeps only its step.
+
+    For i = 0 .. n_steps - 1: row = step_fn(i); the row is appended to the JSONL `log_path` as soon
+    as it exists; then callback(row); then the loop ends early if stop(row) is true. The log is
+    prepared by `start_run_log(log_path, resume_step, key)`: resume_step None empties it (a fresh
+    run), resume_step = k keeps the rows of the k steps already done (a resumed run). If step_fn
+    raises FloatingPointError or ValueError (a NaN reward or loss, a KL above its threshold, bad
+    input found mid-run), a row {key: first_index + i, "stopped": message} is appended to the log
+    and the error is re-raised. Returns the rows of this call."""
+    if not callable(step_fn):
+        raise ValueError(f"step_fn must be callable as step_fn(i) -> row, got {type(step_fn).__name__}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 0:
+        raise ValueError(f"n_steps must be an int >= 0, got {n_steps!r}")
+    if log_path is not None:
+        start_run_log(log_path, resume_step, key=key)
+    rows = []
+    for i in range(n_steps):
+        try:
+            row = step_fn(i)
+        except (FloatingPointError, ValueError) as e:
+            if log_path is not None:
+                append_jsonl(log_path, {key: first_index + i, "stopped": str(e)})
+            raise
+        rows.append(row)
+        if log_path is not None:
+            append_jsonl(log_path, row)
+        if callback is not None:
+            callback(row)
+        if stop is not None and stop(row):
+            break
+    return rows

@@ -58,7 +58,8 @@ from ..checks import check_finite, check_prompts, check_tensor
 from ..lm import response_logprobs
 from ..losses import grpo_loss
 from ..masks import masked_mean
-from ..rlhf import Samples, append_jsonl, make_reference, per_token_kl, sample
+from ..rollout import Samples, make_generator, make_reference, per_token_kl, sample
+from ..training import append_jsonl, model_device, run_loop  # noqa: F401  (append_jsonl: kept importable here)
 from ..utils import config_dict, timer  # noqa: F401  (config_dict re-exported: the config as a dict)
 
 ADVANTAGES = ("grpo", "rloo", "reinforce")
@@ -201,7 +202,7 @@ def init_grpo(policy, cfg: GRPOConfig, ref_model=None) -> GRPOState:
     given (it is only run when beta > 0 or log_kl), Adam, and a generator seeded with cfg.seed."""
     check_config(cfg)
     ref_model = make_reference(policy) if ref_model is None else ref_model
-    return GRPOState(policy, ref_model, make_optimizer(policy, cfg), torch.Generator().manual_seed(cfg.seed))
+    return GRPOState(policy, ref_model, make_optimizer(policy, cfg), make_generator(cfg.seed, model_device(policy)))
 
 
 def grpo_step(state: GRPOState, tokenizer, prompts, score_fn: Callable[[Samples], torch.Tensor],
@@ -250,7 +251,7 @@ def grpo_step(state: GRPOState, tokenizer, prompts, score_fn: Callable[[Samples]
     with timer(t, "update"):
         policy.train()
         for _ in range(cfg.num_iterations if len(rows) else 0):
-            order = rows if cfg.minibatch_size is None else rows[torch.randperm(len(rows), generator=state.generator)]
+            order = rows if cfg.minibatch_size is None else rows[torch.randperm(len(rows), generator=state.generator, device=state.generator.device)]
             for start in range(0, len(order), mb):
                 i = order[start:start + mb]
                 m = s.response_mask[i]
@@ -311,24 +312,13 @@ def train_grpo(state: GRPOState, tokenizer, prompts, score_fn, cfg: GRPOConfig, 
     appends {"iteration", "stopped": message} to the log and re-raises. Returns state.history."""
     check_config(cfg)
     check_prompts(prompts)
-    if log_path is not None:
-        from pathlib import Path
 
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(log_path).write_text("")
-    for _ in range(cfg.n_iterations):
-        idx = torch.randint(len(prompts), (cfg.prompts_per_step,), generator=state.generator)
-        try:
-            row = grpo_step(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg)
-        except (FloatingPointError, ValueError) as e:
-            if log_path is not None:
-                append_jsonl(log_path, {"iteration": len(state.history), "stopped": str(e)})
-            raise
-        if log_path is not None:
-            append_jsonl(log_path, row)
-        if callback is not None:
-            callback(state, row)
-        if cfg.max_sampled_tokens is not None and state.sampled_tokens >= cfg.max_sampled_tokens:
-            break
+    def step(_):
+        idx = torch.randint(len(prompts), (cfg.prompts_per_step,), generator=state.generator,
+                            device=state.generator.device).tolist()
+        return grpo_step(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg)
+
+    run_loop(step, cfg.n_iterations, log_path=log_path, first_index=len(state.history),
+             callback=None if callback is None else (lambda row: callback(state, row)),
+             stop=lambda row: cfg.max_sampled_tokens is not None and state.sampled_tokens >= cfg.max_sampled_tokens)
     return state.history
-
