@@ -25,29 +25,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import torch
 
-from .checks import check_finite, check_tensor
+from .checks import check_finite, check_rows, check_tensor
 from .lm import generate
-from .losses import bradley_terry_loss, ranking_to_pairs
+from .losses import bradley_terry_loss, ranking_to_pairs  # noqa: F401
 from .models import last_token_scores
 from .tokenizer import encode_prompt_response, encode_prompts
-from .world import gold_sentiment, write_jsonl
+from .training import model_device, to_device
+from .world import gold_sentiment, write_jsonl  # noqa: F401  (kept importable from here)
+# Rank-and-pair lives in minirl.labeling (any scorer); re-exported so that reward_model.X keeps working.
+from .labeling import (  # noqa: F401
+    gold_response_sentiment,
+    label_pairs,
+    load_pairs,
+    noisy_ranking,
+    preference_pairs,
+    save_pairs,
+)
 from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
 TINY_RM_NAME = "tiny-rm"  # data/tiny-rm/: the reward model lesson 05 ships
 
 
 # ------------------------------------------------------------------------------ gold and samples
-
-
-def gold_response_sentiment(prompt: str, response: str) -> float:
-    """The default gold reward: `world.gold_sentiment` of the response alone (the prompt is an
-    instruction such as "write a review of the soup:", which carries no sentiment)."""
-    return gold_sentiment(response)
 
 
 def _check_prompts(prompts):
@@ -78,7 +80,7 @@ def sample_responses(policy, tokenizer, prompts, k: int, max_new_tokens: int = 4
     flat = [p for p in prompts for _ in range(k)]
     texts, cut = [], []
     for s in range(0, len(flat), batch_size):
-        ids, mask = encode_prompts(tokenizer, flat[s:s + batch_size])
+        ids, mask = to_device(encode_prompts(tokenizer, flat[s:s + batch_size]), model_device(policy))
         out = generate(policy, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
                        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
         for row, m in zip(out.response_ids, out.response_mask):
@@ -95,90 +97,9 @@ def sample_responses(policy, tokenizer, prompts, k: int, max_new_tokens: int = 4
 # ------------------------------------------------------------------------------ preference pairs
 
 
-def noisy_ranking(scores: torch.Tensor, temperature: float = 0.0, generator=None) -> torch.Tensor:
-    """Rank K items per row by `scores` (N, K), best first, as a Bradley-Terry labeler would.
-
-    temperature 0: sort by score (ties keep index order). temperature > 0: sort by
-    scores / temperature + Gumbel(0, 1) noise (Plackett-Luce); every pair (i, j) then comes out
-    with i ahead of j with probability sigma((s_i - s_j) / temperature). Returns (N, K) int64.
-    """
-    check_tensor(scores, "scores", ndim=2, floating=True)
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if scores.shape[1] < 2:
-        raise ValueError(f"a ranking needs K >= 2 items per row, got shape {tuple(scores.shape)}")
-    keys = scores
-    if temperature > 0:
-        u = torch.rand(scores.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
-        keys = scores.double() / temperature - torch.log(-torch.log(u))  # + Gumbel(0, 1)
-    return torch.sort(keys, dim=1, descending=True, stable=True).indices
-
-
-def preference_pairs(prompts, responses, gold_fn: Callable[[str, str], float] = gold_response_sentiment,
-                     temperature: float = 0.0, flip_rate: float = 0.0, drop_ties: bool = True,
-                     generator=None) -> list[dict]:
-    """Turn K responses per prompt into preference pairs labeled by a (noisy) gold labeler.
-
-    prompts: N strings; responses: N lists of K strings (K >= 2, the same K for every prompt).
-    Each prompt's K responses are scored by gold_fn(prompt, response), ranked by `noisy_ranking`
-    (Bradley-Terry labeler with `temperature`), split into C(K, 2) pairs by `ranking_to_pairs`,
-    then each pair is flipped independently with probability `flip_rate`. With `drop_ties`, pairs
-    whose two gold scores are equal (identical responses, or no sentiment words in either) are dropped.
-
-    Returns rows {"prompt", "chosen", "rejected", "gold_chosen", "gold_rejected", "prompt_index"}:
-    the DPO layout (extra keys are ignored there). `gold_chosen > gold_rejected` says whether the
-    label agrees with the gold; real RLHF data has no such column.
-    """
-    _check_prompts(prompts)
-    if not isinstance(responses, (list, tuple)) or len(responses) != len(prompts):
-        raise ValueError(f"responses must be a list with one list per prompt ({len(prompts)}), "
-                         f"got {type(responses).__name__} of length {len(responses) if hasattr(responses, '__len__') else '?'}")
-    k = len(responses[0])
-    if k < 2 or any(len(r) != k for r in responses):
-        raise ValueError(f"every prompt needs the same number K >= 2 of responses, got lengths {sorted({len(r) for r in responses})}")
-    if not 0.0 <= flip_rate <= 0.5:
-        raise ValueError(f"flip_rate must be in [0, 0.5], got {flip_rate!r}")
-    gold = torch.tensor([[float(gold_fn(p, y)) for y in ys] for p, ys in zip(prompts, responses)],
-                        dtype=torch.float64)  # (N, K)
-    chosen, rejected = ranking_to_pairs(noisy_ranking(gold, temperature, generator))  # (N, C(K,2)) each
-    flips = torch.rand(chosen.shape, generator=generator, dtype=torch.float64) < flip_rate
-    chosen, rejected = torch.where(flips, rejected, chosen), torch.where(flips, chosen, rejected)
-    rows = []
-    for i, (p, ys) in enumerate(zip(prompts, responses)):
-        for a, b in zip(chosen[i].tolist(), rejected[i].tolist()):
-            if drop_ties and gold[i, a] == gold[i, b]:
-                continue
-            rows.append({"prompt": p, "chosen": ys[a], "rejected": ys[b], "gold_chosen": float(gold[i, a]),
-                         "gold_rejected": float(gold[i, b]), "prompt_index": i})
-    return rows
-
-
-def save_pairs(rows: list[dict], path) -> Path:
-    """Write preference rows as JSONL (one object per line, sorted keys) for `load_pairs`."""
-    if not rows or not all({"prompt", "chosen", "rejected"} <= set(r) for r in rows):
-        raise ValueError("rows must be a non-empty list of dicts with keys prompt, chosen, rejected")
-    return write_jsonl(list(rows), path)
-
-
-def load_pairs(path):
-    """Read preference rows saved by `save_pairs` with `datasets.load_dataset("json", ...)`.
-
-    Returns a `datasets.Dataset` (columns prompt, chosen, rejected, ...; `.to_list()` gives dicts),
-    the format TRL's DPOTrainer reads. Progress bars are switched off for the call.
-    """
-    import datasets
-    from datasets.utils import logging as ds_logging
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no preference file at {path.name}: expected a JSONL written by save_pairs")
-    was_enabled = ds_logging.is_progress_bar_enabled()
-    ds_logging.disable_progress_bar()
-    try:
-        return datasets.load_dataset("json", data_files=str(path), split="train")
-    finally:
-        if was_enabled:
-            ds_logging.enable_progress_bar()
+# noisy_ranking, preference_pairs, save_pairs, load_pairs (and label_pairs, rank-and-pair with any
+# scorer) live in minirl.labeling; re-exported above so that `reward_model.preference_pairs` etc.
+# keep working.
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -241,8 +162,7 @@ def encode_pairs(tokenizer, rows, max_len: int = 96) -> dict:
     """Tokenize preference rows: chosen and rejected texts right-padded to ONE common width.
 
     Returns {"input_ids", "attention_mask"}: (2B, T), rows 0..B-1 the chosen, B..2B-1 the rejected."""
-    if not rows:
-        raise ValueError("rows is empty: need at least one preference pair")
+    rows = check_rows(rows, ("prompt", "chosen", "rejected"), "preference rows")
     prompts = [r["prompt"] for r in rows] * 2
     responses = [r["chosen"] for r in rows] + [r["rejected"] for r in rows]
     enc = encode_prompt_response(tokenizer, prompts, responses, max_len=max_len)
@@ -259,7 +179,8 @@ def train_reward_model(rm, tokenizer, rows, config: RewardModelConfig | None = N
     cfg = config or RewardModelConfig()
     if cfg.batch_size < 1 or cfg.epochs < 1 or not cfg.lr > 0:
         raise ValueError(f"batch_size and epochs must be >= 1 and lr > 0, got {cfg}")
-    enc = encode_pairs(tokenizer, rows, cfg.max_len)
+    rows = check_rows(rows, ("prompt", "chosen", "rejected"), "preference rows")
+    enc = to_device(encode_pairs(tokenizer, rows, cfg.max_len), model_device(rm))
     ids, mask = enc["input_ids"], enc["attention_mask"]
     B = len(rows)
     opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
