@@ -11,6 +11,7 @@ against RLHF's pi* exactly, is `minirl.dpo_bandit`.
     dpo_gradient_weights(r_w, r_l)         sigma(r_hat_l - r_hat_w), DPO's per-pair gradient weight
     dpo_step(policy, opt, batch, ...)      one AdamW step on dpo_loss, returns detached statistics
     train_dpo(policy, ref, tok, rows, cfg) epochs of minibatches; reference log-probs computed once
+                                           (`minirl.algos.dpo.train_preference` with loss="dpo")
     implicit_rewards(policy, ref, tok, rows, beta)   r_hat = beta log(pi / pi_ref) on held-out pairs
     evaluate_samples(policy, ref, tok, prompts, gold_fn)   gold reward and KL(pi || pi_ref) of samples
 
@@ -260,12 +261,16 @@ def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, 
     to evaluate checkpoints along training; it must not change the policy's weights. The policy is
     put back in training mode after it returns, so a callback may sample (policy.eval()).
     """
+    from .algos.dpo import DPO_STEP_KEYS, PreferenceConfig, init_preference, train_preference
+
     cfg = cfg or DPOConfig()
     _check_config(cfg)
-    rows = list(rows)
-    batch = encode_preferences(tokenizer, rows, cfg.max_len)
-    ref = _all_logps(ref_model, batch)  # (2B,) computed once
-    B = len(rows)
+    pcfg = PreferenceConfig(loss="dpo", beta=cfg.beta, dpo_loss_type=cfg.loss_type,
+                            label_smoothing=cfg.label_smoothing, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            max_grad_norm=cfg.max_grad_norm if math.isfinite(cfg.max_grad_norm) else None,
+                            batch_size=cfg.batch_size, sampling="epochs", epochs=cfg.epochs, reference="precompute",
+                            max_len=cfg.max_len, seed=cfg.seed)
+    state = init_preference(policy, ref_model, tokenizer, rows, pcfg)  # the reference scores every pair once
     ev = None
     if eval_rows is not None:
         eval_rows = list(eval_rows)
@@ -280,24 +285,19 @@ def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, 
                 "eval_chosen_logps": float(e["chosen_logps"].mean()),
                 "eval_rejected_logps": float(e["rejected_logps"].mean())}
 
-    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)
-    history, buf, step = [{"step": 0, "epoch": 0, **eval_stats()}], [], 0
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(B, generator=g)
-        for s in range(0, B, cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
-            mb = _select(batch, torch.cat([idx, idx + B]))  # chosen rows, then their rejected rows
-            buf.append(dpo_step(policy, opt, mb, ref[idx], ref[idx + B], cfg))
-            step += 1
-            if callback is not None:
-                callback(step, policy)
-                policy.train()
-            if step % cfg.log_every == 0:
-                mean = {k: sum(d[k] for d in buf) / len(buf) for k in buf[0]}
-                history.append({"step": step, "epoch": epoch, **mean, **eval_stats()})
-                buf = []
-    policy.eval()
+    history, buf = [{"step": 0, "epoch": 0, **eval_stats()}], []
+
+    def after(state, row):
+        buf.append(row)
+        if callback is not None:
+            callback(state.step, policy)
+            policy.train()
+        if state.step % cfg.log_every == 0:
+            mean = {k: sum(d[k] for d in buf) / len(buf) for k in DPO_STEP_KEYS}
+            history.append({"step": state.step, "epoch": row["epoch"], **mean, **eval_stats()})
+            buf.clear()
+
+    train_preference(state, pcfg, callback=after)  # leaves the policy in eval mode
     return history
 
 
