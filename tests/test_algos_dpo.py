@@ -1,8 +1,7 @@
 """minirl.algos.dpo: the DPO-family loop reproduces lesson 11's inline `train_family` (every loss)
 and its KTO-with-z_ref loop bit for bit; minirl.dpo.train_dpo (now this loop with loss="dpo")
 reproduces the loop it replaced bit for bit; online-DPO and SPIN rounds reproduce lesson 12's
-inline code; stop-and-resume is bitwise; bad input raises ValueError."""
-import json
+inline code; bad input raises ValueError."""
 import math
 
 import pytest
@@ -127,14 +126,23 @@ def test_kto_with_z_ref_reproduces_lesson_11(tok, float64_default):
     assert [r["kl"] for r in rows] == zs and zs[0] == 0.0
 
 
-def old_train_dpo(policy, ref_model, tok, rows, cfg):
-    """minirl.dpo.train_dpo as it was before it delegated to minirl.algos.dpo (no eval rows)."""
+def old_train_dpo(policy, ref_model, tok, rows, cfg, eval_rows, callback):
+    """minirl.dpo.train_dpo as it was before it delegated to minirl.algos.dpo."""
     batch = dpo.encode_preferences(tok, rows, cfg.max_len)
     ref = dpo._all_logps(ref_model, batch)
     B = len(rows)
+    ev_batch = dpo.encode_preferences(tok, eval_rows, cfg.max_len)
+    ev = (eval_rows, ev_batch, dpo._all_logps(ref_model, ev_batch))
+
+    def eval_stats():
+        e = dpo.implicit_rewards(policy, ref_model, tok, ev[0], cfg.beta, batch=ev[1], ref_logps=ev[2])
+        return {"eval_accuracy": e["accuracy"], "eval_margin": e["margin"],
+                "eval_chosen_logps": float(e["chosen_logps"].mean()),
+                "eval_rejected_logps": float(e["rejected_logps"].mean())}
+
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
-    history, buf, step = [{"step": 0, "epoch": 0}], [], 0
+    history, buf, step = [{"step": 0, "epoch": 0, **eval_stats()}], [], 0
     for epoch in range(cfg.epochs):
         order = torch.randperm(B, generator=g)
         for s in range(0, B, cfg.batch_size):
@@ -142,9 +150,11 @@ def old_train_dpo(policy, ref_model, tok, rows, cfg):
             mb = dpo._select(batch, torch.cat([idx, idx + B]))
             buf.append(dpo.dpo_step(policy, opt, mb, ref[idx], ref[idx + B], cfg))
             step += 1
+            callback(step, policy)
+            policy.train()
             if step % cfg.log_every == 0:
                 mean = {k: sum(d[k] for d in buf) / len(buf) for k in buf[0]}
-                history.append({"step": step, "epoch": epoch, **mean})
+                history.append({"step": step, "epoch": epoch, **mean, **eval_stats()})
                 buf = []
     policy.eval()
     return history
@@ -156,33 +166,26 @@ def test_train_dpo_reproduces_the_loop_it_replaced(tok, float64_default, kw):
     ref_model = make_reference(tiny(tok))
     cfg = dpo.DPOConfig(**{"lr": 1e-3, "epochs": 2, "batch_size": 8, "log_every": 2, "seed": 3, **kw})
     a, b = tiny(tok), tiny(tok)
-    old = old_train_dpo(a, ref_model, tok, ROWS, cfg)
-    steps = []
-    new = dpo.train_dpo(b, ref_model, tok, ROWS, cfg, callback=lambda s, p: steps.append(s))
-    assert new == old and len(new) > 2
-    assert steps == list(range(1, 2 * math.ceil(len(ROWS) / cfg.batch_size) + 1))
+    held = [{**r, "gold_chosen": 1.0, "gold_rejected": float(i % 3 - 1)} for i, r in enumerate(ROWS[:5])]
+    seen = {"old": [], "new": []}
+
+    def probe(key):  # a callback that samples, as lessons 10-12's do (it must change nothing)
+        def cb(step, policy):
+            policy.eval()
+            seen[key].append((step, lm_sample(policy)))
+        return cb
+
+    def lm_sample(policy):
+        from minirl.rollout import sample
+        return sample(policy, tok, ["write a review of the soup:"], 4, generator=torch.Generator().manual_seed(0)).responses
+
+    old = old_train_dpo(a, ref_model, tok, ROWS, cfg, held, probe("old"))
+    new = dpo.train_dpo(b, ref_model, tok, ROWS, cfg, eval_rows=held, callback=probe("new"))
+    assert new == old and len(new) > 2 and "eval_accuracy" in new[-1] and "gold_accuracy" not in new[-1]
+    assert seen["new"] == seen["old"]
+    assert [s for s, _ in seen["new"]] == list(range(1, 2 * math.ceil(len(ROWS) / cfg.batch_size) + 1))
     for p, q in zip(a.parameters(), b.parameters()):
         assert torch.equal(p, q)
-
-
-@pytest.mark.parametrize("sampling", ["replacement", "epochs"])
-def test_stop_and_resume_is_bitwise(tok, float64_default, tmp_path, sampling):
-    ref_model = make_reference(tiny(tok))
-    cfg = A.PreferenceConfig(loss="simpo", sampling=sampling, steps=5, epochs=2, batch_size=10, lr=1e-3,
-                             reference="precompute" if sampling == "epochs" else "per_batch")
-    straight = A.init_preference(tiny(tok), ref_model, tok, ROWS, cfg)
-    A.train_preference(straight, cfg, log_path=tmp_path / "a.jsonl")
-    first = A.init_preference(tiny(tok), ref_model, tok, ROWS, cfg)
-    A.train_preference(first, cfg, log_path=tmp_path / "b.jsonl", checkpoint_path=tmp_path / "c.pt",
-                       checkpoint_every=2, max_steps=3)
-    state = A.resume_preference(A.init_preference(tiny(tok, seed=5), ref_model, tok, ROWS, cfg), tmp_path / "c.pt")
-    assert state.step == 3
-    A.train_preference(state, cfg, log_path=tmp_path / "b.jsonl")
-    for p, q in zip(straight.policy.parameters(), state.policy.parameters()):
-        assert torch.equal(p, q)
-    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
-    assert len((tmp_path / "a.jsonl").read_text().splitlines()) == len(straight.schedule) == state.step
-    assert json.loads((tmp_path / "b.jsonl").read_text().splitlines()[-1])["step"] == state.step - 1
 
 
 def test_custom_loss_fn(tok, float64_default):

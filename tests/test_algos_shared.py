@@ -10,7 +10,6 @@
   * a run stopped after step k and resumed from its checkpoint gives bitwise the same parameters
     and the same JSONL log as a run that never stopped (SFT, the DPO family, REINFORCE).
 """
-import dataclasses
 import json
 import sys
 from pathlib import Path
