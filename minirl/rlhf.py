@@ -17,6 +17,10 @@ One iteration (`ppo_iteration`, looped by `train_ppo`):
     stats    = ppo_update(...)                                epochs x minibatches of clipped losses
     beta     = controller.update(mean sequence KL, batch size)
 
+The outer loop is `minirl.training.run_loop`; `save_ppo` / `resume_ppo` and `train_ppo(...,
+resume=True)` stop and resume a run bit for bit (policy, critic, Adam, generator, adaptive beta,
+frozen score normalization; tests/test_algos_shared.py).
+
 A trained policy is measured on fresh samples with `evaluate_policy` (KL, proxy, gold: mean and
 standard error; the fraction of samples truncated at the length cap), a wrapper of
 `minirl.evaluation.evaluate_policy`.
@@ -65,7 +69,7 @@ from .rollout import (  # noqa: F401
 )
 from .world import read_jsonl  # noqa: F401  (re-exported: reads the JSONL logs written by train_ppo)
 from .training import append_jsonl  # noqa: F401  (re-exported: train_ppo's run log)
-from .training import model_device, run_loop
+from .training import load_checkpoint, model_device, run_loop, save_checkpoint
 from .utils import timer
 from .utils import config_dict  # noqa: F401  (re-exported: the config as a plain dict)
 
@@ -359,21 +363,66 @@ def ppo_iteration(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig,
 
 
 def train_ppo(state: PPOState, tokenizer, prompts, score_fn, cfg: PPOConfig, gold_fn=None, log_path=None,
-              callback: Callable[[PPOState, dict], None] | None = None) -> list[dict]:
+              callback: Callable[[PPOState, dict], None] | None = None, *, resume: bool = False,
+              checkpoint_path=None, checkpoint_every: int | None = None,
+              max_steps: int | None = None) -> list[dict]:
     """cfg.n_iterations of `ppo_iteration`, each on cfg.batch_size prompts drawn uniformly (with
     replacement) from `prompts` with the state's generator. Each row is appended to `log_path`
     (JSONL) as soon as it exists, then `callback(state, row)` is called (e.g. to evaluate the
     updated policy at a checkpoint; it must not draw from state.generator). If an iteration fails
     (NaN score, NaN loss, KL above max_kl, mismatched masks), a row {"iteration", "stopped":
     message} is appended, the rows so far are kept, and the error is re-raised. Returns
-    state.history."""
+    state.history.
+
+    Checkpoints and resume: with checkpoint_path, `save_ppo` runs every checkpoint_every
+    iterations and after the last one of this call; max_steps stops the run once the state holds
+    that many rows in all. resume=True continues the state's run (one loaded by `resume_ppo`):
+    the cfg.n_iterations - len(state.history) remaining iterations, keeping the first
+    len(state.history) rows of log_path. resume=False (the default) runs cfg.n_iterations
+    iterations on a fresh log."""
     check_prompts(prompts)
+    done = len(state.history)
+    n = cfg.n_iterations - done if resume else cfg.n_iterations
+    if max_steps is not None:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 0:
+            raise ValueError(f"max_steps must be an int >= 0 or None, got {max_steps!r}")
+        n = min(n, max_steps - done)
+    end = done + max(n, 0)
 
     def step(_):
         idx = torch.randint(len(prompts), (cfg.batch_size,), generator=state.generator,
                             device=state.generator.device).tolist()
         return ppo_iteration(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg, gold_fn)
 
-    run_loop(step, cfg.n_iterations, log_path=log_path, first_index=len(state.history),
-             callback=None if callback is None else (lambda row: callback(state, row)))
+    def after(row):
+        k = len(state.history)
+        if checkpoint_path is not None and (k == end or (checkpoint_every and k % checkpoint_every == 0)):
+            save_ppo(state, checkpoint_path)
+        if callback is not None:
+            callback(state, row)
+
+    run_loop(step, max(n, 0), log_path=log_path, resume_step=done if resume else None, first_index=done,
+             callback=after)
     return state.history
+
+
+def save_ppo(state: PPOState, path):
+    """Checkpoint the run: policy and critic weights, the shared Adam, the RNG states and the
+    state's generator, the KL controller's beta, the frozen score normalization and the history
+    (the reference is not saved: it is the frozen initial policy, rebuilt by the caller)."""
+    models = torch.nn.ModuleDict({"policy": state.policy, "critic": state.critic})
+    return save_checkpoint(path, models, state.optimizer, step=len(state.history), generator=state.generator,
+                           extra={"history": state.history, "beta": state.controller.value,
+                                  "score_shift": state.score_shift, "score_scale": state.score_scale})
+
+
+def resume_ppo(state: PPOState, path) -> PPOState:
+    """Load a `save_ppo` checkpoint into a freshly built state (`init_ppo(policy, cfg,
+    ref_model=the original reference)`); then `train_ppo(..., resume=True)` continues the run."""
+    models = torch.nn.ModuleDict({"policy": state.policy, "critic": state.critic})
+    info = load_checkpoint(path, models, state.optimizer, generator=state.generator)
+    extra = info["extra"] or {}
+    state.history = list(extra.get("history", []))
+    state.controller.value = extra["beta"]
+    state.score_shift, state.score_scale = extra["score_shift"], extra["score_scale"]
+    return state

@@ -8,7 +8,8 @@
     the known exceptions outside the algorithm files are listed with their reason;
   * bad inputs to every trainer raise a clear ValueError;
   * a run stopped after step k and resumed from its checkpoint gives bitwise the same parameters
-    and the same JSONL log as a run that never stopped (SFT, the DPO family, REINFORCE).
+    and the same JSONL log as a run that never stopped (SFT, the DPO family, REINFORCE, GRPO, PPO
+    with its critic, adaptive KL coefficient and frozen score normalization).
 """
 import json
 import sys
@@ -296,12 +297,40 @@ def _reinforce_run(tok, tmp, log, max_steps=None, resume=False):
     state = reinforce.init_reinforce(tiny(tok, seed=4 if resume else 0), cfg, ref_model=make_reference(tiny(tok)))
     if resume:
         reinforce.resume_reinforce(state, tmp / "ckpt.pt")
-    reinforce.train_reinforce(state, tok, PROMPTS, short_reward, cfg, log_path=log, checkpoint_path=tmp / "ckpt.pt",
+    reinforce.train_reinforce(state, tok, PROMPTS, low_ids, cfg, log_path=log, checkpoint_path=tmp / "ckpt.pt",
                               checkpoint_every=2, max_steps=max_steps)
     return state.policy, state
 
 
-RUNS = {"sft": _sft_run, "dpo_epochs": _dpo_run,
+def low_ids(s):
+    """A reward with spread for a random model: the fraction of response tokens with a low id."""
+    m = s.response_mask.to(s.logprobs.dtype)
+    return ((s.response_ids < 300).to(m.dtype) * m).sum(-1) / m.sum(-1)
+
+
+def _grpo_run(tok, tmp, log, max_steps=None, resume=False):
+    cfg = grpo.GRPOConfig(n_iterations=5, prompts_per_step=2, group_size=3, max_new_tokens=5, lr=1e-3, beta=0.04,
+                          minibatch_size=3, num_iterations=2)
+    state = grpo.init_grpo(tiny(tok, seed=4 if resume else 0), cfg, ref_model=make_reference(tiny(tok)))
+    if resume:
+        grpo.resume_grpo(state, tmp / "ckpt.pt")
+    grpo.train_grpo(state, tok, PROMPTS, low_ids, cfg, log_path=log, resume=resume, checkpoint_path=tmp / "ckpt.pt",
+                    checkpoint_every=2, max_steps=max_steps)
+    return state.policy, state
+
+
+def _ppo_run(tok, tmp, log, max_steps=None, resume=False):
+    cfg = rlhf.PPOConfig(n_iterations=5, batch_size=4, minibatch_size=2, max_new_tokens=5, lr=1e-3,
+                         adaptive_kl=True, kl_target=0.01, normalize_scores=True)
+    state = rlhf.init_ppo(tiny(tok, seed=4 if resume else 0), cfg, ref_model=make_reference(tiny(tok)))
+    if resume:
+        rlhf.resume_ppo(state, tmp / "ckpt.pt")
+    rlhf.train_ppo(state, tok, PROMPTS, low_ids, cfg, log_path=log, resume=resume, checkpoint_path=tmp / "ckpt.pt",
+                   checkpoint_every=2, max_steps=max_steps)
+    return torch.nn.ModuleDict({"policy": state.policy, "critic": state.critic}), state
+
+
+RUNS = {"sft": _sft_run, "grpo": _grpo_run, "ppo": _ppo_run, "dpo_epochs": _dpo_run,
         "dpo_replacement": lambda *a, **k: _dpo_run(*a, **k, sampling="replacement"), "reinforce": _reinforce_run}
 
 
@@ -314,6 +343,7 @@ def test_stop_at_step_k_and_resume_is_bitwise(tok, float64_default, tmp_path, na
     resumed, state = run(tok, tmp_path / "b", tmp_path / "b.jsonl", resume=True)
     for (n, p), q in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(p, q), n
+    assert any(not torch.equal(p, q) for p, q in zip(straight.parameters(), tiny(tok).parameters()))  # it trained
     drop_times = lambda path: [{key: v for key, v in json.loads(line).items() if not key.startswith("time_")}
                                for line in path.read_text().splitlines()]
     a, b = drop_times(tmp_path / "a.jsonl"), drop_times(tmp_path / "b.jsonl")

@@ -43,7 +43,9 @@ grad_norm (before clipping), entropy, response_length (tokens, EOS included), tr
 sampled_tokens (response tokens sampled so far, cumulative), and time_<phase> in seconds.
 
 Tensors follow the policy: rewards and advantages are moved to the dtype and device of the
-sampled log-probs. Bad configurations and inputs raise ValueError; a non-finite reward or loss,
+sampled log-probs, and the state's generator lives on the policy's device. The outer loop is
+`minirl.training.run_loop`; `save_grpo` / `resume_grpo` and `train_grpo(..., resume=True)` stop
+and resume a run bit for bit (tests/test_algos_shared.py). Bad configurations and inputs raise ValueError; a non-finite reward or loss,
 or a KL above max_kl, raises FloatingPointError.
 """
 from __future__ import annotations
@@ -54,12 +56,13 @@ from typing import Callable
 import torch
 
 from ..advantages import dynamic_sampling_filter, frac_reward_zero_std, group_advantages, rloo_advantages
-from ..checks import check_finite, check_prompts, check_tensor
+from ..checks import check_finite, check_int, check_prompts, check_tensor
 from ..lm import response_logprobs
 from ..losses import grpo_loss
 from ..masks import masked_mean
 from ..rollout import Samples, make_generator, make_reference, per_token_kl, sample
-from ..training import append_jsonl, model_device, run_loop  # noqa: F401  (append_jsonl: kept importable here)
+from ..training import append_jsonl  # noqa: F401  (kept importable here)
+from ..training import load_checkpoint, model_device, run_loop, save_checkpoint
 from ..utils import config_dict, timer  # noqa: F401  (config_dict re-exported: the config as a dict)
 
 ADVANTAGES = ("grpo", "rloo", "reinforce")
@@ -303,22 +306,66 @@ def grpo_step(state: GRPOState, tokenizer, prompts, score_fn: Callable[[Samples]
 
 
 def train_grpo(state: GRPOState, tokenizer, prompts, score_fn, cfg: GRPOConfig, log_path=None,
-               callback: Callable[[GRPOState, dict], None] | None = None) -> list[dict]:
+               callback: Callable[[GRPOState, dict], None] | None = None, *, resume: bool = False,
+               checkpoint_path=None, checkpoint_every: int | None = None,
+               max_steps: int | None = None) -> list[dict]:
     """Up to cfg.n_iterations of `grpo_step`, each on cfg.prompts_per_step prompts drawn uniformly
     (with replacement) from `prompts` with the state's generator; stops early after the step in
     which state.sampled_tokens reaches cfg.max_sampled_tokens. Each row is appended to
     `log_path` (JSONL) as soon as it exists, then `callback(state, row)` is called (it must not
     draw from state.generator). A failing step (non-finite reward or loss, KL above max_kl)
-    appends {"iteration", "stopped": message} to the log and re-raises. Returns state.history."""
+    appends {"iteration", "stopped": message} to the log and re-raises. Returns state.history.
+
+    Checkpoints and resume: with checkpoint_path, `save_grpo` runs every checkpoint_every steps
+    and after the last step of this call; max_steps stops the run once the state holds that many
+    rows in all (a planned stop). resume=True continues the state's run (one loaded by
+    `resume_grpo`): it takes the cfg.n_iterations - len(state.history) remaining steps and keeps
+    the first len(state.history) rows of log_path, so the log and the weights end as those of a
+    run that never stopped. resume=False (the default) runs cfg.n_iterations steps on a fresh log."""
     check_config(cfg)
     check_prompts(prompts)
+    done = len(state.history)
+    n = cfg.n_iterations - done if resume else cfg.n_iterations
+    if max_steps is not None:
+        check_int(max_steps, "max_steps", minimum=0)
+        n = min(n, max_steps - done)
+    if checkpoint_every is not None:
+        check_int(checkpoint_every, "checkpoint_every")
+    end = done + max(n, 0)
 
     def step(_):
         idx = torch.randint(len(prompts), (cfg.prompts_per_step,), generator=state.generator,
                             device=state.generator.device).tolist()
         return grpo_step(state, tokenizer, [prompts[i] for i in idx], score_fn, cfg)
 
-    run_loop(step, cfg.n_iterations, log_path=log_path, first_index=len(state.history),
-             callback=None if callback is None else (lambda row: callback(state, row)),
-             stop=lambda row: cfg.max_sampled_tokens is not None and state.sampled_tokens >= cfg.max_sampled_tokens)
+    def stop(row):
+        return cfg.max_sampled_tokens is not None and state.sampled_tokens >= cfg.max_sampled_tokens
+
+    def after(row):
+        k = len(state.history)
+        if checkpoint_path is not None and (k == end or stop(row) or
+                                            (checkpoint_every is not None and k % checkpoint_every == 0)):
+            save_grpo(state, checkpoint_path)
+        if callback is not None:
+            callback(state, row)
+
+    run_loop(step, max(n, 0), log_path=log_path, resume_step=done if resume else None, first_index=done,
+             callback=after, stop=stop)
     return state.history
+
+
+def save_grpo(state: GRPOState, path):
+    """Checkpoint the run: policy weights, Adam, the RNG states and the state's generator, the
+    history and the sampled-token count (the reference is not saved: it is the frozen initial
+    policy, rebuilt by the caller)."""
+    return save_checkpoint(path, state.policy, state.optimizer, step=len(state.history), generator=state.generator,
+                           extra={"history": state.history, "sampled_tokens": state.sampled_tokens})
+
+
+def resume_grpo(state: GRPOState, path) -> GRPOState:
+    """Load a `save_grpo` checkpoint into a freshly built state (`init_grpo(policy, cfg,
+    ref_model=the original reference)`); then `train_grpo(..., resume=True)` continues the run."""
+    info = load_checkpoint(path, state.policy, state.optimizer, generator=state.generator)
+    extra = info["extra"] or {}
+    state.history, state.sampled_tokens = list(extra.get("history", [])), int(extra.get("sampled_tokens", 0))
+    return state
