@@ -3,6 +3,7 @@ reads; a resumed run is bitwise the unbroken one; micro-batching does not change
 the hub-offline failure of --preset gpt2 is fast and says what to pass; FLOPs, MFU, memory
 arithmetic and the reduction of metrics over processes against exact cases."""
 import json
+import os
 import time
 
 import pytest
@@ -162,7 +163,7 @@ def test_memory_breakdown_bytes_per_parameter():
     per = {m: common.memory_breakdown(m, n)["total"] / n for m in common.METHOD_MODELS}
     # fp32 weights 4, gradients 4, Adam 8 per trained parameter; frozen copies 4
     assert per == {"ppo": 36, "grpo": 20, "rloo": 20, "dpo": 20, "best_of_n": 4}
-    assert common.memory_breakdown("dpo", n, kv_cache=50)["KV cache"] == 0
+    assert common.memory_breakdown("best_of_n", n, kv_cache=50, activations=70)["activations"] == 0
     with pytest.raises(ValueError):
         common.memory_breakdown("sft", n)
 
@@ -206,3 +207,20 @@ def test_activation_estimate_matches_the_saved_tensors(tok, float64_default):
         assert measured == pytest.approx(common.activation_bytes_estimate(model.config, B, T, 8), rel=0.01)
     with pytest.raises(ValueError):
         common.activation_bytes_estimate(model.config, 1, 1, 8)
+
+
+@pytest.mark.skipif(os.environ.get("MINIRL_DIST_TEST") != "1",
+                    reason="two processes take ~20 s on 2 cores: set MINIRL_DIST_TEST=1 to run")
+def test_two_processes_with_torchrun_reduce_the_metrics(tmp_path):
+    # the multi-GPU path (accelerate's DDP) on CPU with gloo: 2 processes, each samples half
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+           "minirl.experiments.gpt2_sentiment", "--preset", "tiny", "--method", "grpo", "--steps", "2",
+           "--eval-prompts", "4", "--out-dir", str(out), "--no-progress"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["world_size"] for r in rows] == [2, 2]
+    assert all(r["samples"] == 4 * 4 for r in rows)  # 4 prompts x G = 4, summed over the 2 processes

@@ -13,6 +13,8 @@
                (minirl.rollout, rlhf, dpo, bon, algos.grpo, training), and the run loop:
                checkpoints every N steps, --resume, the JSONL log, a final held-out evaluation
     gpt2_sentiment, gpt2_rlvr   the two tasks (sentiment control; arithmetic with a verifier)
+    tiny_logs  `python -m minirl.experiments.tiny_logs`: the tiny-preset logs shipped in
+               data/results/17_*.jsonl (lesson 17 plots them and reproduces one)
 
 Every script is thin: the losses, advantages, samplers and KL estimates are the package's own.
 """

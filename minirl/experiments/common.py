@@ -316,7 +316,9 @@ METHOD_MODELS = {
     "ppo": dict(trained=2, frozen=1, reward_model=True),    # actor + critic; reference
     "grpo": dict(trained=1, frozen=1, reward_model=True),   # policy; reference (beta > 0 or KL logged)
     "rloo": dict(trained=1, frozen=1, reward_model=True),
-    "dpo": dict(trained=1, frozen=1, reward_model=False),   # policy; reference (log-probs of the pairs)
+    "dpo": dict(trained=1, frozen=1, reward_model=True),    # policy; reference; the reward labels the
+                                                            # sampled pairs (pass reward_params=0 and
+                                                            # kv_cache=0 for a fixed preference dataset)
     "best_of_n": dict(trained=0, frozen=1, reward_model=True),  # samples from the reference only
 }
 
@@ -370,7 +372,7 @@ def memory_breakdown(method: str, n_params: int, *, critic_params: int | None = 
         "reference weights": n_params * weight_bytes if m["frozen"] and m["trained"] else 0,
         "reward model": reward_params * weight_bytes if m["reward_model"] else 0,
         "activations": activations if m["trained"] else 0,
-        "KV cache": kv_cache if method != "dpo" else 0,
+        "KV cache": kv_cache,
     }
     out["total"] = sum(out.values())
     return out
