@@ -224,3 +224,13 @@ def test_two_processes_with_torchrun_reduce_the_metrics(tmp_path):
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["world_size"] for r in rows] == [2, 2]
     assert all(r["samples"] == 4 * 4 for r in rows)  # 4 prompts x G = 4, summed over the 2 processes
+
+
+@pytest.mark.parametrize("method", ["ppo", "dpo"])
+def test_the_bf16_autocast_path_runs(tmp_path, monkeypatch, method):
+    # what a GPU run does (autocast_dtype_for gives bf16 on CUDA), exercised with CPU autocast
+    from minirl import training
+
+    monkeypatch.setattr(training, "autocast_dtype_for", lambda device: torch.bfloat16)
+    res = run_tiny(tmp_path, f"bf16-{method}", method, "sentiment", "--steps", "1", "--dtype", "float32")
+    assert res["rows"][0]["loss"] is not None and res["eval"]["n"] == 4

@@ -84,7 +84,9 @@ class RunState:
 def amp(device):
     """bf16 autocast on CUDA, nothing elsewhere (`training.autocast_dtype_for`)."""
     dtype = training.autocast_dtype_for(device)
-    return torch.autocast(device_type="cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def setup(cfg: common.ExperimentConfig, task: Task, dist: common.Dist) -> RunState:
