@@ -20,20 +20,37 @@ names the lesson that derives it. Each layer imports only from the layers above 
   worlds and toys
     world          the tiny world: reviews, arithmetic, instructions, gold scorer     (lesson 03)
     rewards        lexicon sentiment, review reward, arithmetic verifiers             (lessons 03, 04, 13)
+    verifiers      step checker, sum / min / mean over steps, one contract
+                   fn(prompt, response) -> float per verifier (outcome, format,
+                   process, loose), robust to any text                                 (lesson 14)
     bandit, dpo_bandit, toy_mdp   exactly solvable toys                              (lessons 01, 06, 07, 10)
   shared RL plumbing (every algorithm)
     rollout        sample -> Samples, make_reference, generators, scorers, per-token
                    and sequence KL                                                     (lessons 04, 08, 13)
     training       optimizer_step (token-weighted accumulation, clipping, autocast,
-                   device), checkpoints with RNG states (bitwise resume), run log      (issue 9)
+                   device), checkpoints with RNG states (bitwise resume), run log,
+                   run_loop (the outer loop every train_* shares)                      (issue 9)
     evaluation     evaluate_policy: the reward-KL point with standard errors          (lessons 08-12)
-  algorithms
-    reward_model   preference pairs from a hidden gold, reward-model training/eval    (lesson 05)
+    labeling       rank-and-pair with any batched scorer (gold, reward model,
+                   verifier, judge), preference-pair files                            (lessons 05, 12, 15)
+    judges         AI judges: verdict parsing with counted failures, position /
+                   length / self-preference bias, Constitutional AI revisions,
+                   CGPO's calibrated reward and constraint judges                     (lesson 15)
+    ttc            pass@k, majority and weighted votes, best-of-n selection, and
+                   their unbiased estimators from a pool of samples                   (lessons 14, 16)
+  algorithms (each: a flat config, a state, a step, a loop with a JSONL log and checkpoints)
+    algos.sft      pretraining / SFT (lesson 03's loop), micro-batch accumulation     (lessons 03, 15, 16)
+    algos.reinforce  REINFORCE on sequences (lesson 04's loop)                         (lesson 04)
+    reward_model   reward-model training and evaluation against a hidden gold         (lesson 05)
     rlhf           PPO-RLHF: rollout, KL-penalized rewards, update, train_ppo          (lesson 08)
     bon            best-of-n, its exact distribution and KL, rejection sampling        (lesson 09)
-    dpo            sequence-level DPO: concatenated log-probs, training loop           (lessons 10-12)
+    dpo            sequence-level DPO helpers and train_dpo                            (lesson 10)
+    algos.dpo      the DPO family with the loss as a parameter, online DPO and SPIN
+                   rounds                                                             (lessons 10-12)
     algos.grpo     RLOO / GRPO / Dr. GRPO / DAPO / GSPO: one config, one step, one loop (lesson 13)
-  tools
+  programs and tools
+    experiments    `python -m minirl.experiments.gpt2_sentiment | gpt2_rlvr`: the
+                   algorithms at GPT-2 scale, --preset tiny (CPU) or gpt2, accelerate  (lesson 17)
     bench          `python -m minirl.bench` (throughput, a GRPO step);
     bench_trl_grpo `python -m minirl.bench_trl_grpo` (the same GRPO step in TRL)
 """
