@@ -258,29 +258,22 @@ def train_arith_model(policy, tokenizer, n_steps: int = 400, batch_size: int = 6
     """Continue SFT of `policy` (in place) on `n_steps` batches of fresh worked problems
     (`world.arithmetic_problems(n_steps * batch_size, data_seed, levels)`, in order), AdamW
     (betas 0.9, 0.95, weight decay 0.01) at a constant `lr`, gradient norm clipped at 1, loss on
-    the response tokens (`minirl.losses.sft_loss`). Deterministic (no dropout, no sampling).
+    the response tokens (`minirl.losses.sft_loss`): `minirl.algos.sft.train_sft` with no warmup or
+    decay. Deterministic (no dropout, no sampling).
     Returns the loss of every step; leaves the policy in eval mode."""
-    from . import lm, world
-    from .losses import sft_loss
+    from . import world
+    from .algos import sft
     from .tokenizer import encode_prompt_response
 
     if not isinstance(n_steps, int) or n_steps < 1 or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"n_steps and batch_size must be ints >= 1, got {n_steps!r}, {batch_size!r}")
     data = world.arithmetic_problems(n_steps * batch_size, seed=data_seed, levels=levels)
-    opt = torch.optim.AdamW(policy.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.01)
-    policy.train()
-    losses = []
-    for step in range(n_steps):
-        chunk = data[step * batch_size:(step + 1) * batch_size]
-        b = encode_prompt_response(tokenizer, [d["prompt"] for d in chunk], [d["response"] for d in chunk])
-        loss = sft_loss(lm.sequence_logprobs(policy, b["input_ids"], b["attention_mask"]), b["response_mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
-    policy.eval()
-    return losses
+    batches = [encode_prompt_response(tokenizer, [d["prompt"] for d in chunk], [d["response"] for d in chunk])
+               for chunk in (data[i * batch_size:(i + 1) * batch_size] for i in range(n_steps))]
+    # lesson 03's loop (minirl.algos.sft) at a constant lr: warmup 1 step, no decay
+    cfg = sft.SFTConfig(lr=lr, warmup=1, min_lr_ratio=1.0)
+    history = sft.train_sft(sft.init_sft(policy, cfg, n_steps), batches, cfg)
+    return [row["loss"] for row in history]
 
 
 def arith_samples(policy, tokenizer, prompts=None, max_new_tokens: int = 24) -> list[dict]:
