@@ -55,3 +55,31 @@ names the lesson that derives it. Each layer imports only from the layers above 
     bench_trl_grpo `python -m minirl.bench_trl_grpo` (the same GRPO step in TRL)
 """
 __version__ = "0.1.0"
+
+import os as _os
+import sys as _sys
+
+
+def _tune_glibc_malloc() -> bool:
+    """Keep freed memory in the process instead of handing it back to the OS after every op.
+
+    glibc serves allocations above a threshold (128 KiB, growing to at most 32 MiB) with fresh
+    mmap calls and returns freed heap memory above another threshold; a float64 forward pass over
+    a few hundred sequences allocates and frees tens of MB per layer, so each op pays for new,
+    zeroed pages. Raising both thresholds to 1 GiB makes a 586-row log-prob pass of the tiny model
+    about 1.7x faster here, with bitwise the same results (only where memory comes from changes).
+    Linux with glibc only; a no-op elsewhere. Switch it off with MINIRL_MALLOC_TUNING=0.
+    Returns whether both settings were applied."""
+    if _os.environ.get("MINIRL_MALLOC_TUNING", "1") == "0" or not _sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):  # not glibc (musl, ...)
+        return False
+
+
+MALLOC_TUNED = _tune_glibc_malloc()
