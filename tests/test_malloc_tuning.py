@@ -12,7 +12,7 @@ import minirl
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import hashlib, sys, torch
+import hashlib, torch
 import minirl
 from minirl import lm
 from minirl.models import tiny_gpt2_config
