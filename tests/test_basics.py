@@ -60,6 +60,20 @@ def test_save_figure(tmp_path, monkeypatch):
     monkeypatch.setenv("MINIRL_SAVE_FIGURES", "1")
     p = plotting.save_figure(fig, "test_fig")
     assert p == tmp_path / "figures" / "test_fig.png" and p.stat().st_size > 0
+    # a 256-colour palette PNG that looks like matplotlib's own 150-dpi RGBA render
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    raw = io.BytesIO()
+    fig.savefig(raw, format="png", dpi=plotting.DPI, bbox_inches="tight")
+    raw.seek(0)
+    with Image.open(p) as saved, Image.open(raw) as direct:
+        assert saved.mode == "P" and saved.size == direct.size
+        diff = np.abs(np.asarray(saved.convert("RGB"), float) - np.asarray(direct.convert("RGB"), float))
+        white = saved.convert("RGB").getpixel((0, 0))
+    assert white == (255, 255, 255) and diff.mean() < 1.0 and np.quantile(diff, 0.999) < 24
     with pytest.raises(ValueError):
         plotting.save_figure(fig, "x.png")
     plt.close(fig)
