@@ -37,24 +37,6 @@ def test_sample_follows_the_model_dtype_and_device(tok, float64_default):
     assert torch.equal(s.sequences, s2.sequences) and s.responses == s2.responses
 
 
-def test_samples_hold_the_generation_unchanged(tok):
-    # Samples keeps lm.generate's result instead of copies of its fields; the names still read
-    policy = tiny(tok)
-    s = rollout.sample(policy, tok, PROMPTS, 6, generator=rollout.make_generator(0, "cpu"))
-    g = s.generation
-    assert isinstance(g, rollout.Generation)
-    for name in ("sequences", "attention_mask", "response_ids", "logprobs", "prompt_length"):
-        assert getattr(s, name) is getattr(g, name), name
-    assert s.response_mask.dtype == torch.float32 and torch.equal(s.response_mask, g.response_mask.float())
-    # what Samples held before it kept the generation: the log-probs times the float mask, bit for bit
-    assert torch.equal(s.logprobs, g.logprobs * s.response_mask)
-    assert s.responses[0] == tok.decode(g.response_ids[0][g.response_mask[0] > 0], skip_special_tokens=True)
-    empty = rollout.Samples([], [], None, torch.zeros(0, dtype=torch.bool))
-    assert empty.sequences is None and empty.response_mask is None and empty.prompt_length is None
-    with pytest.raises(ValueError, match="lm.Generation"):
-        rollout.Samples([], [], {"sequences": None}, torch.zeros(0, dtype=torch.bool))
-
-
 def test_a_generator_on_another_device_is_rejected_before_sampling():
     rollout.check_generator(None, "cpu")
     rollout.check_generator(torch.Generator(), torch.device("cpu"))
