@@ -122,10 +122,11 @@ def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optim
     """One round of rejection-sampling fine-tuning (best-of-n distillation, as in Llama 2's and
     the R1 recipe's RS stages): for each prompt draw n responses from the CURRENT policy, keep the
     one `score_fn` (samples -> (B*n,)) ranks best, then `epochs` passes of SFT on the kept
-    (prompt, response) pairs with the response-masked NLL (minirl.losses.sft.sft_loss, token mean).
+    (prompt, response) pairs with the response-masked NLL (minirl.losses.sft.sft_loss, token mean),
+    as steps of `minirl.algos.sft` with `optimizer` (which persists across rounds), no clipping.
     Returns {"score_all", "score_best", "sft_loss_first", "sft_loss"}: the mean score of all
     samples, of the kept ones, and the loss of the first and of the last minibatch."""
-    from .losses.sft import sft_loss
+    from .algos.sft import SFTConfig, init_sft, train_sft
     from .rlhf import sample
 
     _check_n(n)
@@ -134,21 +135,17 @@ def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optim
     s = sample(policy, tokenizer, [p for p in prompts for _ in range(n)], max_new_tokens, 1.0, generator)
     scores = score_fn(s).float()
     keep = best_of_n(scores, n)  # (B,)
-    seq, attn, rmask = s.sequences[keep], s.attention_mask[keep], s.response_mask[keep]
-    policy.train()
+    rmask = s.response_mask[keep]
+    seq, attn = s.sequences[keep], s.attention_mask[keep]
+    loss_mask = torch.cat([rmask.new_zeros(rmask.shape[0], s.prompt_length), rmask], dim=1)  # responses only
     B = keep.numel()
-    losses = []
+    batches = []  # `epochs` shuffled passes over the kept pairs
     for _ in range(epochs):
         order = torch.randperm(B, generator=generator)
-        for start in range(0, B, minibatch_size):
-            i = order[start:start + minibatch_size]
-            lp = response_logprobs(policy, seq[i], attn[i], s.prompt_length)
-            loss = sft_loss(lp, rmask[i])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-    policy.eval()
+        batches += [(seq[i], attn[i], loss_mask[i]) for i in order.split(minibatch_size)]
+    cfg = SFTConfig(max_grad_norm=None)  # the caller's optimizer and learning rate, no clipping
+    rows = train_sft(init_sft(policy, cfg, len(batches), optimizer=optimizer), batches, cfg)
+    losses = [row["loss"] for row in rows]
     scores = scores.detach()
     return {"score_all": float(scores.mean()), "score_best": float(scores[keep].mean()), "sft_loss_first": losses[0],
             "sft_loss": losses[-1]}

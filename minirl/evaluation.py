@@ -30,7 +30,8 @@ def _per_sample(name: str, v) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_policy(policy, ref_model, tokenizer, prompts, scorers: Mapping[str, Callable] | None = None, *,
                     max_new_tokens: int = 16, temperature: float = 1.0, generator=None, min_samples: int = 2,
-                    return_samples: bool = False, _root: Callable[[int], float] = math.sqrt):
+                    return_samples: bool = False, kl_chunk: int | None = None,
+                    _root: Callable[[int], float] = math.sqrt):
     """A held-out evaluation of `policy`: one fresh sample per prompt (list[str]; a bare str is
     rejected), then means and standard errors (sample std / sqrt(n)) over the samples.
 
@@ -40,9 +41,12 @@ def evaluate_policy(policy, ref_model, tokenizer, prompts, scorers: Mapping[str,
     min_samples   fewer prompts raise ValueError (2: a standard error needs two samples; with 1 the
               standard errors are nan)
     return_samples   also return the `Samples` drawn: (stats, samples)
+    ref_model  None skips the KL (no "kl" keys): for pi_ref itself, or wherever no KL is reported;
+              the reference pass costs about as much as the sampling
+    kl_chunk  passed to `sequence_kl` as `chunk` (None: one reference pass over all samples)
 
     Returns floats {"n", "kl", "kl_sem", <name>, <name>_sem for each score, "truncated", "length",
-    "logp"} (in that order): kl is the per-sequence k1 estimate of KL(pi || pi_ref) at
+    "logp"} (in that order; no "kl", "kl_sem" when ref_model is None): kl is the per-sequence k1 estimate of KL(pi || pi_ref) at
     `temperature` (sum over the response of log pi - log pi_ref, log pi the sampler's);
     truncated the fraction of samples that hit max_new_tokens without EOS (their length and KL are
     censored at the cap); length the mean response length in tokens (EOS included); logp the mean
@@ -62,7 +66,7 @@ def evaluate_policy(policy, ref_model, tokenizer, prompts, scorers: Mapping[str,
             raise ValueError(f"scorers must map new names to callables fn(samples) -> (B,), got {name!r}: {fn!r}")
     policy.eval()
     s = sample(policy, tokenizer, prompts, max_new_tokens, temperature=temperature, generator=generator)
-    values = {"kl": sequence_kl(ref_model, s, temperature)}
+    values = {} if ref_model is None else {"kl": sequence_kl(ref_model, s, temperature, chunk=kl_chunk)}
     for name, fn in scorers.items():
         out = fn(s)
         items = out.items() if isinstance(out, dict) else [("", out)]

@@ -9,7 +9,7 @@ best-of-n): sample responses, score them, take reference log-probs, measure the 
     apply_missing_eos_penalty(scores, has_eos, penalty)
     per_token_kl(logprobs, ref_logprobs, mask, estimator)    k1/k2/k3 per token, (B, T)
     kl_penalized_rewards(scores, ..., kl_coef)              RLHF's per-token rewards and KL
-    sequence_kl(ref_model, samples)         per-sequence k1 KL(pi || pi_ref), (B,)
+    sequence_kl(ref_model, samples, chunk=None)   per-sequence k1 KL(pi || pi_ref), (B,)
     last_token_position(mask)               column of each row's last real token
 
 Derived in notebooks/04 (sampling, the reference) and notebooks/08 (the KL-penalized reward,
@@ -25,14 +25,14 @@ policy's device; a scorer returns its scores on the samples' device.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from . import kl as kl_mod
-from .checks import as_float_mask, check_prompts, check_tensor
-from .lm import generate, response_logprobs
+from .checks import as_float_mask, check_int, check_prompts, check_tensor
+from .lm import Generation, generate, response_logprobs
 from .models import last_token_scores
 from .tokenizer import encode_prompts
 from .training import model_device
@@ -90,35 +90,63 @@ def check_generator(generator, device) -> None:
 
 @dataclass
 class Samples:
-    """One rollout of B responses (prompt width P, response width T).
+    """One rollout of B responses (prompt width P, response width T): `lm.generate`'s result, the
+    decoded text, and the columns that later stages add.
 
     prompts, responses  list[str]         decoded text (responses without EOS/padding)
-    sequences           (B, P + T) long   left-padded prompt ids then response ids
-    attention_mask      (B, P + T) long
-    response_ids        (B, T) long
-    response_mask       (B, T) float32    1 up to and including the first EOS (float32 whatever the default dtype)
-    logprobs            (B, T)            log pi_old of each sampled token (the sampler's), 0 on padding
+    generation          lm.Generation     what the sampler returned, unchanged: sequences (B, P + T),
+                                          attention_mask (B, P + T), response_ids (B, T),
+                                          response_mask (B, T) long, logprobs (B, T), prompt_length P
+    has_eos             (B,) bool         the response emitted EOS
     ref_logprobs        (B, T)            log pi_ref of the same tokens (same temperature)
     values              (B, T)            V(state before token t) from the critic
-    scores              (B,)              reward-model score, after the EOS penalty / normalization
     raw_scores          (B,)              the score_fn output as returned
-    has_eos             (B,) bool         the response emitted EOS
-    prompt_length       int               P
+    scores              (B,)              reward-model score, after the EOS penalty / normalization
+
+    Read the generation's tensors through the same names: `s.sequences`, `s.attention_mask`,
+    `s.response_ids`, `s.prompt_length`, `s.logprobs` (log pi_old of each sampled token, the
+    sampler's, 0 on padding) and `s.response_mask`, which is the generation's mask as float32
+    (whatever the default dtype), the dtype the losses multiply by.
     """
 
     prompts: list
     responses: list
-    sequences: torch.Tensor
-    attention_mask: torch.Tensor
-    response_ids: torch.Tensor
-    response_mask: torch.Tensor
-    logprobs: torch.Tensor
-    prompt_length: int
+    generation: Generation | None
     has_eos: torch.Tensor
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
     raw_scores: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    response_mask: torch.Tensor | None = field(init=False, repr=False, default=None)
+
+    def __post_init__(self):
+        if self.generation is not None:
+            if not isinstance(self.generation, Generation):
+                raise ValueError(f"generation must be an lm.Generation, got {type(self.generation).__name__}")
+            self.response_mask = self.generation.response_mask.float()
+
+    def _gen(self, name):
+        return None if self.generation is None else getattr(self.generation, name)
+
+    @property
+    def sequences(self) -> torch.Tensor | None:
+        return self._gen("sequences")
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        return self._gen("attention_mask")
+
+    @property
+    def response_ids(self) -> torch.Tensor | None:
+        return self._gen("response_ids")
+
+    @property
+    def logprobs(self) -> torch.Tensor | None:
+        return self._gen("logprobs")
+
+    @property
+    def prompt_length(self) -> int | None:
+        return self._gen("prompt_length")
 
 
 def text_scorer(fn: Callable[[str, str], float]) -> Callable[[Samples], torch.Tensor]:
@@ -219,17 +247,36 @@ def sample(policy, tokenizer, prompts, max_new_tokens: int, temperature: float =
     ids, mask = ids.to(device), mask.to(device)
     gen = generate(policy, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id,
                    temperature=temperature, generator=generator)
-    rmask = gen.response_mask.float()
     has_eos = ((gen.response_ids == tokenizer.eos_token_id) & (gen.response_mask > 0)).any(-1)
     responses = [tokenizer.decode(r[m > 0], skip_special_tokens=True) for r, m in zip(gen.response_ids, gen.response_mask)]
-    return Samples(list(prompts), responses, gen.sequences, gen.attention_mask, gen.response_ids, rmask,
-                   gen.logprobs * rmask, gen.prompt_length, has_eos)
+    return Samples(list(prompts), responses, gen, has_eos)
+
+
+def _sequence_kl(ref_model, sequences, attention_mask, prompt_length, logprobs, response_mask, temperature):
+    ref_lp = response_logprobs(ref_model, sequences, attention_mask, prompt_length, temperature)
+    return per_token_kl(logprobs, ref_lp * response_mask, response_mask, "k1").sum(-1)
 
 
 @torch.no_grad()
-def sequence_kl(ref_model, s: Samples, temperature: float = 1.0) -> torch.Tensor:
+def sequence_kl(ref_model, s: Samples, temperature: float = 1.0, chunk: int | None = None) -> torch.Tensor:
     """Per-sequence k1 estimate of KL(pi || pi_ref) for samples drawn from pi: (B,) =
     sum_t (log pi(y_t) - log pi_ref(y_t)) over the response, with log pi the sampler's log-probs.
-    Its batch mean is the "measured KL" of the reward-KL frontier (lessons 08-10)."""
-    ref_lp = response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, temperature)
-    return per_token_kl(s.logprobs, ref_lp * s.response_mask, s.response_mask, "k1").sum(-1)
+    Its batch mean is the "measured KL" of the reward-KL frontier (lessons 08-10).
+
+    chunk: None runs the reference over the whole batch at once. An int runs it over groups of
+    `chunk` samples of similar length (sorted by response length), each cut to its longest
+    response: for long, uneven responses most of the (B, T) batch is padding, and this skips it
+    (lesson 11 evaluates 64-token responses this way). Padding counts nowhere, so the values
+    agree with the whole-batch pass up to float rounding (the matrix shapes differ)."""
+    args = (s.sequences, s.attention_mask, s.prompt_length, s.logprobs, s.response_mask)
+    if chunk is None:
+        return _sequence_kl(ref_model, *args, temperature)
+    check_int(chunk, "chunk")
+    seq, attn, P, lp, mask = args
+    lengths = mask.sum(-1)
+    kl = torch.empty(lengths.shape[0], dtype=lp.dtype, device=lp.device)
+    for idx in lengths.argsort().split(chunk):
+        w = int(mask[idx].sum(-1).max())  # drop the columns that are padding in every row
+        kl[idx] = _sequence_kl(ref_model, seq[idx, : P + w], attn[idx, : P + w], P, lp[idx, :w], mask[idx, :w],
+                               temperature)
+    return kl

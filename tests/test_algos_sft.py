@@ -109,3 +109,74 @@ def test_bad_input_raises_value_errors(tok, float64_default):
     sft.sft_step(state, b[0], cfg)
     with pytest.raises(ValueError, match="all done"):
         sft.sft_step(state, b[0], cfg)
+
+
+def test_micro_batches_with_sum_normalization(tok, float64_default):
+    batches = sft_batches(tok, n=2, B=6)
+    models_ = []
+    for mbs in (None, 4):
+        m = tiny(tok)
+        cfg = sft.SFTConfig(lr=1e-3, warmup=1, normalize="sum", micro_batch_size=mbs, max_grad_norm=None)
+        sft.train_sft(sft.init_sft(m, cfg, 2), batches, cfg)
+        models_.append(m)
+    for a, b in zip(*(m.parameters() for m in models_)):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def _adam_constant(lr, **kw):
+    return sft.SFTConfig(lr=lr, warmup=1, min_lr_ratio=1.0, adam_beta2=0.999, weight_decay=0.0, **kw)
+
+
+def test_package_reproduces_the_r1_lessons_sft_bit_for_bit(tok, float64_default):
+    # lesson 16's former inline loop: Adam, constant lr, clip 1, token mean, random minibatches
+    from minirl.training import optimizer_step
+    data = sft_batches(tok, n=1, B=12)[0]
+    gen = torch.Generator().manual_seed(0)
+    picks = [torch.randperm(12, generator=gen)[:4] for _ in range(5)]
+    batches = [{k: v[i] for k, v in data.items()} for i in picks]
+    inline = tiny(tok)
+    opt = torch.optim.Adam(inline.parameters(), lr=2e-3)
+
+    def loss_fn(m, mb):
+        return sft_loss(lm.sequence_logprobs(m, mb["input_ids"], mb["attention_mask"]), mb["response_mask"]), {}
+
+    inline.train()
+    hist = [optimizer_step(inline, opt, [mb], loss_fn, max_grad_norm=1.0)["loss"] for mb in batches]
+    model = tiny(tok)
+    cfg = _adam_constant(2e-3, max_grad_norm=1.0)
+    rows = sft.train_sft(sft.init_sft(model, cfg, len(batches)), batches, cfg)
+    assert [r["loss"] for r in rows] == hist and all(r["lr"] == 2e-3 for r in rows)
+    for a, b in zip(inline.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_package_reproduces_the_sequence_sum_sft_baseline_bit_for_bit(tok, float64_default):
+    # lesson 12's former SFT baseline: AdamW without weight decay, clip, -mean sequence log-prob
+    data = sft_batches(tok, n=1, B=12)[0]
+    batches = [{k: v[i:i + 4] for k, v in data.items()} for i in (0, 4, 8, 0)]
+    inline = tiny(tok).train()
+    opt = torch.optim.AdamW(inline.parameters(), lr=1e-3, weight_decay=0.0)
+    for mb in batches:
+        lp = lm.sequence_logprobs(inline, mb["input_ids"], mb["attention_mask"])
+        loss = -lm.sequence_sum(lp, mb["response_mask"]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(inline.parameters(), 0.5)
+        opt.step()
+    model = tiny(tok)
+    cfg = _adam_constant(1e-3, max_grad_norm=0.5, normalize="sum")
+    sft.train_sft(sft.init_sft(model, cfg, len(batches)), batches, cfg)
+    for a, b in zip(inline.parameters(), model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_a_given_optimizer_persists_and_keeps_its_lr(tok, float64_default):
+    model = tiny(tok)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    cfg = sft.SFTConfig(max_grad_norm=None)
+    state = sft.init_sft(model, cfg, 2, optimizer=opt)
+    assert state.optimizer is opt and state.scheduler is None
+    rows = sft.train_sft(state, sft_batches(tok, n=2, B=3), cfg)
+    assert [r["lr"] for r in rows] == [0.05, 0.05]
+    with pytest.raises(ValueError, match="optimizer"):
+        sft.init_sft(model, cfg, 1, optimizer="adam")

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from minirl import bon, models, world
+from minirl import bon, lm, models, world
 from minirl.tokenizer import load_tokenizer
 
 
@@ -119,3 +119,58 @@ def test_rejection_sampling_round_runs_and_selects():
         out = bon.rejection_sampling_round(policy, tok, prompts, low_ids, 4, opt, max_new_tokens=6, epochs=3, generator=g)
         assert out["sft_loss"] < out["sft_loss_first"] - 0.3  # SFT fits the kept responses
     assert out["score_all"] > before, (before, out)
+
+
+def _old_rejection_sampling_round(policy, tokenizer, prompts, score_fn, n, optimizer, max_new_tokens=16,
+                                  epochs=1, minibatch_size=16, generator=None):
+    """bon.rejection_sampling_round as it was before it trained through minirl.algos.sft."""
+    from minirl.losses.sft import sft_loss
+    from minirl.rlhf import sample
+    s = sample(policy, tokenizer, [p for p in prompts for _ in range(n)], max_new_tokens, 1.0, generator)
+    scores = score_fn(s).float()
+    keep = bon.best_of_n(scores, n)
+    seq, attn, rmask = s.sequences[keep], s.attention_mask[keep], s.response_mask[keep]
+    policy.train()
+    B = keep.numel()
+    losses = []
+    for _ in range(epochs):
+        order = torch.randperm(B, generator=generator)
+        for start in range(0, B, minibatch_size):
+            i = order[start:start + minibatch_size]
+            lp = lm.response_logprobs(policy, seq[i], attn[i], s.prompt_length)
+            loss = sft_loss(lp, rmask[i])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+    policy.eval()
+    return {"score_all": float(scores.mean()), "score_best": float(scores[keep].mean()), "sft_loss_first": losses[0],
+            "sft_loss": losses[-1]}
+
+
+@pytest.mark.parametrize("default", [torch.float64, torch.float32])
+def test_rejection_sampling_round_takes_the_same_steps_as_before(default):
+    # the SFT steps now run through minirl.algos.sft: the same parameters bit for bit, the same scores
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        tok = load_tokenizer()
+        prompts = [p["prompt"] for p in world.sentiment_prompts(10)]
+        score = lambda s: (s.response_ids < 64).float().sum(-1)
+        runs = []
+        for fn in (bon.rejection_sampling_round, _old_rejection_sampling_round):
+            policy = models.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2)
+            opt = torch.optim.Adam(policy.parameters(), lr=3e-2)
+            g = torch.Generator().manual_seed(1)
+            outs = [fn(policy, tok, prompts, score, 3, opt, max_new_tokens=6, epochs=2, minibatch_size=4,
+                       generator=g) for _ in range(2)]
+            runs.append((policy, outs))
+        (new, new_outs), (old, old_outs) = runs
+        for a, b in zip(new.parameters(), old.parameters()):
+            assert torch.equal(a, b)
+        for o, p in zip(new_outs, old_outs):
+            assert o["score_all"] == p["score_all"] and o["score_best"] == p["score_best"]
+            assert abs(o["sft_loss"] - p["sft_loss"]) < 1e-5 and abs(o["sft_loss_first"] - p["sft_loss_first"]) < 1e-5
+        assert not new.training
+    finally:
+        torch.set_default_dtype(before)

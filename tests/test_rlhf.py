@@ -64,7 +64,7 @@ def test_missing_eos_penalty():
     torch.testing.assert_close(rlhf.apply_missing_eos_penalty(scores, has_eos, 1.0), torch.tensor([1.0, -0.5, -1.2]))
     assert rlhf.apply_missing_eos_penalty(scores, has_eos, None) is scores
     cfg = rlhf.PPOConfig(missing_eos_penalty=2.0, normalize_scores=False)
-    s = rlhf.Samples([], [], None, None, None, None, None, 1, has_eos, raw_scores=scores)
+    s = rlhf.Samples([], [], None, has_eos, raw_scores=scores)
     torch.testing.assert_close(rlhf.prepare_scores(None, s, cfg), torch.tensor([1.0, -1.5, -2.2]))
 
 
@@ -72,10 +72,10 @@ def test_score_normalization_is_frozen_at_the_first_rollout(tok):
     cfg = rlhf.PPOConfig(normalize_scores=True)
     state = rlhf.init_ppo(tiny(tok), cfg)
     eos = torch.ones(4, dtype=torch.bool)
-    first = rlhf.Samples([], [], None, None, None, None, None, 1, eos, raw_scores=torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    first = rlhf.Samples([], [], None, eos, raw_scores=torch.tensor([1.0, 2.0, 3.0, 4.0]))
     out = rlhf.prepare_scores(state, first, cfg)
     assert abs(float(out.mean())) < 1e-6 and abs(float(out.std()) - 1) < 1e-6
-    later = rlhf.Samples([], [], None, None, None, None, None, 1, eos, raw_scores=torch.tensor([2.5, 2.5, 2.5, 2.5]))
+    later = rlhf.Samples([], [], None, eos, raw_scores=torch.tensor([2.5, 2.5, 2.5, 2.5]))
     torch.testing.assert_close(rlhf.prepare_scores(state, later, cfg), torch.zeros(4))
 
 

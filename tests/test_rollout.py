@@ -37,6 +37,24 @@ def test_sample_follows_the_model_dtype_and_device(tok, float64_default):
     assert torch.equal(s.sequences, s2.sequences) and s.responses == s2.responses
 
 
+def test_samples_hold_the_generation_unchanged(tok):
+    # Samples keeps lm.generate's result instead of copies of its fields; the names still read
+    policy = tiny(tok)
+    s = rollout.sample(policy, tok, PROMPTS, 6, generator=rollout.make_generator(0, "cpu"))
+    g = s.generation
+    assert isinstance(g, rollout.Generation)
+    for name in ("sequences", "attention_mask", "response_ids", "logprobs", "prompt_length"):
+        assert getattr(s, name) is getattr(g, name), name
+    assert s.response_mask.dtype == torch.float32 and torch.equal(s.response_mask, g.response_mask.float())
+    # what Samples held before it kept the generation: the log-probs times the float mask, bit for bit
+    assert torch.equal(s.logprobs, g.logprobs * s.response_mask)
+    assert s.responses[0] == tok.decode(g.response_ids[0][g.response_mask[0] > 0], skip_special_tokens=True)
+    empty = rollout.Samples([], [], None, torch.zeros(0, dtype=torch.bool))
+    assert empty.sequences is None and empty.response_mask is None and empty.prompt_length is None
+    with pytest.raises(ValueError, match="lm.Generation"):
+        rollout.Samples([], [], {"sequences": None}, torch.zeros(0, dtype=torch.bool))
+
+
 def test_a_generator_on_another_device_is_rejected_before_sampling():
     rollout.check_generator(None, "cpu")
     rollout.check_generator(torch.Generator(), torch.device("cpu"))
@@ -169,3 +187,40 @@ def test_evaluate_policy_rejects_bad_inputs(tok):
         evaluation.evaluate_policy(policy, ref, tok, PROMPTS, {"proxy": lambda s: torch.zeros(3)}, max_new_tokens=3)
     with pytest.raises(ValueError, match="1 dimension"):
         evaluation.evaluate_policy(policy, ref, tok, PROMPTS, {"proxy": lambda s: torch.zeros(8, 1)}, max_new_tokens=3)
+
+
+def test_sequence_kl_in_length_chunks(tok, float64_default):
+    # chunk=k: the reference pass over groups of similar length, each cut to its longest response
+    from minirl.paths import DATA_DIR
+    policy = models.load_policy(DATA_DIR / "tiny-sft")[0]  # trained: it ends responses at uneven lengths
+    ref = tiny(tok)
+    s = rollout.sample(policy, tok, PROMPTS * 3, 24, generator=torch.Generator().manual_seed(3))
+    lengths = s.response_mask.sum(-1)
+    assert int(lengths.min()) < int(lengths.max())  # uneven lengths: chunks get cut
+    whole = rollout.sequence_kl(ref, s)
+    for chunk in (1, 5, 24, 100):
+        kl = rollout.sequence_kl(ref, s, chunk=chunk)
+        assert kl.shape == whole.shape and torch.allclose(kl, whole, rtol=0, atol=1e-12), chunk
+    # each chunk is exactly the whole-batch function on the rows and columns it keeps
+    idx = lengths.argsort()[:5]
+    w, P = int(lengths[idx].max()), s.prompt_length
+    one = rollout._sequence_kl(ref, s.sequences[idx, : P + w], s.attention_mask[idx, : P + w], P,
+                               s.logprobs[idx, :w], s.response_mask[idx, :w], 1.0)
+    assert torch.equal(rollout.sequence_kl(ref, s, chunk=5)[idx], one)
+    with pytest.raises(ValueError, match="chunk"):
+        rollout.sequence_kl(ref, s, chunk=0)
+
+
+def test_evaluate_policy_without_a_reference(tok, float64_default):
+    # ref_model=None: the same samples and scores, no KL (and no reference pass)
+    from minirl import evaluation
+    ref, policy = tiny(tok), tiny(tok, seed=1)
+    gold = rlhf.text_scorer(lambda p, r: len(r) / 10)
+    g = lambda: torch.Generator().manual_seed(5)
+    with_kl = evaluation.evaluate_policy(policy, ref, tok, PROMPTS * 2, {"gold": gold}, max_new_tokens=8, generator=g())
+    no_kl = evaluation.evaluate_policy(policy, None, tok, PROMPTS * 2, {"gold": gold}, max_new_tokens=8, generator=g())
+    assert list(no_kl) == ["n", "gold", "gold_sem", "truncated", "length", "logp"]
+    assert all(no_kl[k] == with_kl[k] for k in no_kl)
+    chunked = evaluation.evaluate_policy(policy, ref, tok, PROMPTS * 2, {"gold": gold}, max_new_tokens=8,
+                                         generator=g(), kl_chunk=4)
+    assert abs(chunked["kl"] - with_kl["kl"]) < 1e-12 and chunked["gold"] == with_kl["gold"]

@@ -17,7 +17,8 @@ A batch is (input_ids, attention_mask, loss_mask), each (B, T) (lesson 03's tupl
 pretraining the loss mask is the attention mask with column 0 cleared, for SFT the response mask),
 or a dict with input_ids, attention_mask and loss_mask or response_mask (`encode_prompt_response`'s
 output). The loss is `minirl.losses.sft_loss(lm.sequence_logprobs(model, ids, am), loss_mask)`:
-the mean over the masked tokens ("token") or of the per-sequence means ("sequence").
+the mean over the masked tokens ("token"), of the per-sequence means ("sequence") or of the
+per-sequence sums ("sum").
 
 Schedule: the learning rate at step s (0-based) of n is lr * min(1, (s + 1) / warmup) *
 max(min_lr_ratio, 1 - s / n), lesson 03's LambdaLR.
@@ -48,7 +49,7 @@ from ..training import (
 __all__ = ["SFTConfig", "SFTState", "check_config", "init_sft", "make_scheduler", "sft_step", "train_sft",
            "resume_sft", "as_batch"]
 
-NORMALIZE = ("token", "sequence")
+NORMALIZE = ("token", "sequence", "sum")
 
 
 @dataclass
@@ -71,8 +72,9 @@ class SFTConfig:
     max_grad_norm: float | None = 1.0
     """clip the global gradient norm (None: no clipping; the norm is still logged)"""
     normalize: str = "token"
-    """`sft_loss` normalization: "token" (mean over every masked token of the batch) or
-    "sequence" (mean of the per-sequence means)"""
+    """`sft_loss` normalization: "token" (mean over every masked token of the batch),
+    "sequence" (mean of the per-sequence means) or "sum" (mean over rows of each row's summed
+    log-likelihood: minus the mean sequence log-prob that DPO's losses use)"""
     micro_batch_size: int | None = None
     """rows per micro-batch: gradients accumulate over micro-batches weighted by their masked
     tokens ("token") or rows ("sequence"), so a step's gradient is the full batch's; None: the
@@ -119,11 +121,21 @@ def make_scheduler(optimizer, cfg: SFTConfig, n_steps: int):
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup) * max(cfg.min_lr_ratio, 1 - s / n_steps))
 
 
-def init_sft(model, cfg: SFTConfig, n_steps: int) -> SFTState:
+def init_sft(model, cfg: SFTConfig, n_steps: int, optimizer=None) -> SFTState:
     """AdamW over the model's trainable parameters and the schedule over `n_steps` steps (the
-    number of batches the run will take: the decay reaches its floor at the end)."""
+    number of batches the run will take: the decay reaches its floor at the end).
+
+    optimizer: an optimizer to use instead, one that lives longer than this run (rejection
+    sampling's rounds keep one across rounds); it keeps its own learning rate (no schedule, and
+    cfg's lr, betas and weight decay are not used). Plain Adam at a constant learning rate is
+    SFTConfig(warmup=1, min_lr_ratio=1.0, adam_beta2=0.999, weight_decay=0.0): AdamW without
+    weight decay takes bit for bit Adam's steps."""
     check_config(cfg)
     check_int(n_steps, "n_steps")
+    if optimizer is not None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        return SFTState(model, optimizer, None, n_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
@@ -175,7 +187,7 @@ def sft_step(state: SFTState, batch, cfg: SFTConfig) -> dict:
     else:
         micro = split_batch((ids, am, mask), cfg.micro_batch_size)
         weights = [float(mb[2].bool().sum()) if cfg.normalize == "token" else float(mb[0].shape[0])
-                   for mb in micro]
+                   for mb in micro]  # "sequence" and "sum" average over rows
     state.model.train()
     out = optimizer_step(state.model, state.optimizer, micro, loss_fn, weights=weights,
                          max_grad_norm=cfg.max_grad_norm, scheduler=state.scheduler)

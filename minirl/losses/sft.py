@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import as_float_mask, check_tensor
-from ..masks import masked_mean
+from ..masks import masked_mean, masked_sum
 
 
 def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalize: str = "token") -> torch.Tensor:
@@ -23,7 +23,9 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalize: str = "token
     normalize: "token"    -> -sum(mask * logprobs) / sum(mask): every counted token weighs the same
                             (what transformers' `labels=` loss and TRL's SFT loss compute);
                "sequence" -> mean over rows of each row's mean NLL: every sequence weighs the same,
-                            so tokens of short responses weigh more.
+                            so tokens of short responses weigh more;
+               "sum"      -> mean over rows of each row's summed NLL, -mean_i log pi(y_i | x_i):
+                            longer responses weigh more (the sequence log-prob of DPO's losses).
     """
     check_tensor(logprobs, "logprobs", ndim=2, floating=True)
     m = as_float_mask(mask, logprobs)
@@ -33,4 +35,6 @@ def sft_loss(logprobs: torch.Tensor, mask: torch.Tensor, normalize: str = "token
         if bool((m.sum(-1) == 0).any()):
             raise ValueError("normalize='sequence' needs at least one counted token in every row")
         return -(masked_mean(logprobs, m, dim=1)).mean()
-    raise ValueError(f"normalize must be 'token' or 'sequence', got {normalize!r}")
+    if normalize == "sum":
+        return -(masked_sum(logprobs, m, dim=1)).mean()
+    raise ValueError(f"normalize must be 'token', 'sequence' or 'sum', got {normalize!r}")
