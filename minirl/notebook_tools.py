@@ -7,7 +7,8 @@
 This is how the committed outputs are produced (and how the README's runtimes are measured):
 a fresh kernel, the notebook's own folder as the working directory, the hub switched off, one thread
 unless OMP_NUM_THREADS says otherwise (the lessons compute in float64, so the outputs do not depend on
-it, and the test command checks them at torch's default thread count as well), figures written into
+it, and the test command checks them at torch's default thread count as well; lessons 08, 11 and 12,
+over 3 minutes at one thread, are produced with OMP_NUM_THREADS=2), figures written into
 `figures/` (`MINIRL_SAVE_FIGURES=1`). With `--regenerate` (`MINIRL_REGENERATE=1`) a
 lesson that makes a shipped artefact (lessons 03, 05, 08) overwrites it in `data/`; without it the
 artefact goes to `runs/` and the lesson compares it with the shipped one.

@@ -1,7 +1,8 @@
 """What a learner sees when opening a lesson in JupyterLab (issue 16): the committed notebooks carry
 the metadata JupyterLab writes (so opening and autosaving an unmodified lesson changes no file), code
 that fits a cell at 1440 px with the file browser open, outputs committed, and solutions folded under
-their own heading. `python -m minirl.notebook_tools --tidy` fixes all but the hand-wrapping."""
+their own heading, printed lines that JupyterLab shows whole. `python -m minirl.notebook_tools --tidy`
+fixes all but the hand-wrapping."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from minirl.notebook_tools import KERNELSPEC, MAX_CODE_LINE, _COLLAPSED, _is_solutions_heading
+from minirl.notebook_tools import (
+    _COLLAPSED,
+    KERNELSPEC,
+    MAX_CODE_LINE,
+    MAX_OUTPUT_LINE,
+    _is_solutions_heading,
+    long_output_lines,
+)
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 
@@ -37,6 +45,28 @@ def test_code_lines_fit_the_cell(path):
         if len(line) > MAX_CODE_LINE
     ]
     assert not long, f"{len(long)} code lines over {MAX_CODE_LINE} characters, first: cell {long[0][0]}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_printed_lines_fit_the_output_area(path):
+    # JupyterLab breaks a longer output line mid-word; lessons print on several short lines instead
+    long = long_output_lines(_read(path))
+    assert not long, (
+        f"{len(long)} printed lines over {MAX_OUTPUT_LINE} characters, first: cell {long[0][0]}: "
+        f"{long[0][1][:60]!r}..."
+    )
+
+
+def test_long_output_lines_reads_what_jupyterlab_shows():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("print(...)")
+    cell.outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="short\n" + "x" * 101 + "\n"),
+        nbformat.v4.new_output("execute_result", data={"text/plain": "y" * 101}),
+        nbformat.v4.new_output("display_data", data={"image/png": "", "text/plain": "z" * 300}),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("w" * 300), cell]
+    assert long_output_lines(nb) == [(1, "x" * 101), (1, "y" * 101)]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
