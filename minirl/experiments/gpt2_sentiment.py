@@ -149,7 +149,8 @@ def main(argv=None, task: str = TASK, loader=None) -> dict:
         except ValueError:
             where = result["out_dir"]
         last = rows[-1] if rows else {}
-        print(f"{len(rows)} steps logged to {where}/log.jsonl; last step: reward "
+        print(f"{len(rows)} steps logged to {where}/log.jsonl")
+        print(f"last step: reward "
               f"{_fmt(last.get('reward'))}, {_fmt(last.get('tokens_per_s'), '.0f')} tokens/s, "
               f"update MFU {common.format_mfu(last.get('mfu'))}")
         if ev:
