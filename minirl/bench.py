@@ -12,6 +12,9 @@ For each model it times, with the same functions the lessons use (minirl.lm):
   each of 8 prompts, scoring, reference log-probs, and the update (`grpo_step`), split into those
   parts. `python -m minirl.bench_trl_grpo` times the same step in TRL's GRPOTrainer and prints the
   ratio. `--skip-grpo` leaves it out.
+- with `--dpo`, one DPO epoch in minirl (defaults, and with the opt-in speed options) and in TRL's
+  DPOTrainer, end to end, printing `TRL epoch / minirl epoch` (`minirl.bench_trl_dpo`, which
+  can also be run alone: `python -m minirl.bench_trl_dpo`; needs trl).
 Weights of the sequence benchmarks are random (timing does not depend on them); the tiny config is read from
 data/tiny-sft/config.json when that checkpoint exists. Each time is the median over `repeats`
 calls after a warm-up call (GPT-2 124M: one call, no warm-up except for the training step).
@@ -341,6 +344,8 @@ def main(argv=None, cases: list[Case] | None = None, grpo: GRPOCase | None = Non
     parser.add_argument("--skip-124m", action="store_true", help="time the tiny config only")
     parser.add_argument("--skip-grpo", action="store_true", help="leave out the GRPO step")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--dpo", action="store_true",
+                        help="also time a DPO epoch against TRL's DPOTrainer (minirl.bench_trl_dpo; needs trl)")
     args = parser.parse_args(argv)
     device = get_device(args.device)
     if cases is None:
@@ -365,6 +370,15 @@ def main(argv=None, cases: list[Case] | None = None, grpo: GRPOCase | None = Non
         print()
         print(format_grpo_table({"minirl": res}, grpo))
         rows.append(dict(model=relative(grpo.model_dir), what="grpo step", **res))
+    if args.dpo:
+        from . import bench_trl_dpo
+
+        print("\ntiming one DPO epoch in minirl and in TRL's DPOTrainer ...", flush=True)
+        res = bench_trl_dpo.main((["--quick"] if args.quick else []) + ["--device", str(device)])
+        rows.append(dict(model="dpo epoch", what="TRL epoch / minirl epoch", ratio=res["ratio"],
+                         ratio_options=res["ratio_options"]))
+    else:
+        print("\nDPO epoch against TRL's DPOTrainer: python -m minirl.bench --dpo (or python -m minirl.bench_trl_dpo)")
     print(peak_memory(device))
     return rows
 

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from .checks import check_finite, check_tensor
-from .lm import sequence_logprobs, sequence_sum
+from .lm import masked_sequence_logprobs, sequence_logprobs, sequence_sum
 from .losses import dpo_loss
 from .losses.preference import DPO_LOSS_TYPES
 from .tokenizer import encode_prompt_response
@@ -75,6 +75,15 @@ class DPOConfig:
     """seed of the generator that shuffles the pairs each epoch"""
     log_every: int = 5
     """record the mean statistics of the last `log_every` steps (and the held-out ones) this often"""
+    # Speed options of train_dpo (issue 9), off by default so that the lessons' numbers stay bit
+    # for bit; see `minirl.algos.dpo.PreferenceConfig` for what each does.
+    group_by_length: bool = False
+    """length-grouped minibatches: pairs of similar length share a step (less padding)"""
+    reference_batch: int | None = None
+    """reference log-probs of the rows sorted by length, this many sequences per forward
+    (None: chunks of 512 rows in data order)"""
+    response_only_head: bool = False
+    """the LM head on the response positions only (`minirl.lm.masked_sequence_logprobs`)"""
 
 
 def _check_config(cfg: DPOConfig) -> None:
@@ -88,6 +97,12 @@ def _check_config(cfg: DPOConfig) -> None:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not cfg.lr > 0:
         raise ValueError(f"lr must be > 0, got {cfg.lr}")
+    for name in ("group_by_length", "response_only_head"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    rb = cfg.reference_batch
+    if rb is not None and (isinstance(rb, bool) or not isinstance(rb, int) or rb < 1):
+        raise ValueError(f"reference_batch must be a positive int or None, got {rb!r}")
 
 
 # ------------------------------------------------------------------------------ batches
@@ -152,11 +167,36 @@ def concatenated_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _all_logps(model, batch: dict, chunk: int = 512) -> torch.Tensor:
-    """sequence_logps over a large (N, T) batch in chunks of rows, no gradient: (N,)."""
+def _all_logps(model, batch: dict, chunk: int = 512, by_length: bool = False,
+               response_only: bool = False) -> torch.Tensor:
+    """sequence_logps over a large (N, T) batch in chunks of rows, no gradient: (N,).
+
+    Default: chunks of `chunk` rows in data order. by_length: the rows sorted by length (longest
+    first) before chunking, so that each chunk, cut to its own longest row, holds little padding;
+    the result is put back in data order. response_only: the LM head on the response positions
+    only (`minirl.lm.masked_sequence_logprobs`). Both change float rounding only."""
     n = batch["input_ids"].shape[0]
-    return torch.cat([sequence_logps(model, _select(batch, torch.arange(s, min(s + chunk, n))))
-                      for s in range(0, n, chunk)])
+    if not by_length and not response_only:  # the default, exactly as the lessons ran it
+        return torch.cat([sequence_logps(model, _select(batch, torch.arange(s, min(s + chunk, n))))
+                          for s in range(0, n, chunk)])
+    if by_length:
+        order = torch.sort(batch["attention_mask"].sum(-1).cpu(), descending=True, stable=True).indices
+    else:
+        order = torch.arange(n)
+    out = None
+    for s in range(0, n, chunk):
+        idx = order[s:s + chunk]
+        mb = _select(batch, idx.to(batch["input_ids"].device))
+        if response_only:
+            _check_batch(mb)
+            lp = masked_sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"])
+            lp = sequence_sum(lp, mb["response_mask"])
+        else:
+            lp = sequence_logps(model, mb)
+        if out is None:
+            out = lp.new_zeros(n)
+        out[idx.to(out.device)] = lp
+    return out
 
 
 # ------------------------------------------------------------------------------ the step
@@ -269,7 +309,8 @@ def train_dpo(policy, ref_model, tokenizer, rows, cfg: DPOConfig | None = None, 
                             label_smoothing=cfg.label_smoothing, lr=cfg.lr, weight_decay=cfg.weight_decay,
                             max_grad_norm=cfg.max_grad_norm if math.isfinite(cfg.max_grad_norm) else None,
                             batch_size=cfg.batch_size, sampling="epochs", epochs=cfg.epochs, reference="precompute",
-                            max_len=cfg.max_len, seed=cfg.seed)
+                            max_len=cfg.max_len, seed=cfg.seed, group_by_length=cfg.group_by_length,
+                            reference_batch=cfg.reference_batch, response_only_head=cfg.response_only_head)
     state = init_preference(policy, ref_model, tokenizer, rows, pcfg)  # the reference scores every pair once
     ev = None
     if eval_rows is not None:

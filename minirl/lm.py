@@ -138,6 +138,50 @@ def sequence_logprobs(
     return logprobs, torch.cat([zero, ent], dim=1)
 
 
+def masked_sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor,
+                             temperature: float = 1.0) -> torch.Tensor:
+    """`sequence_logprobs(model, input_ids, attention_mask, temperature) * mask`, with the LM head
+    applied only where `mask` is 1: (B, T) -> (B, T), zero wherever mask is 0.
+
+    A summed or averaged response log-prob (DPO and its family, SFT) reads the log-probs of the
+    response tokens only, yet `sequence_logprobs` projects EVERY position (prompt and padding
+    too) onto the vocabulary and takes a log-softmax over it. Here the model's body runs once
+    (`model.base_model`, GPT-2's `model.transformer`), the hidden states that predict a masked
+    token are gathered into one (K, H) matrix, and only those K rows go through the output layer
+    (`model.get_output_embeddings()`), the log-softmax and the gather. For the tiny model, whose
+    vocabulary is several times its width, the head is a large part of a forward and backward,
+    so this saves the time of the positions that never count. TRL's DPOTrainer does the same with
+    its "fused LM head" (labels of -100 outside the completion).
+
+    Same alignment, positions and temperature as `sequence_logprobs`; gradients flow. The values
+    equal it up to float rounding (a (K, H) @ (H, V) product may sum in another order than the
+    (B, T, H) one). A model without a separate body and head (no `base_model` distinct from
+    itself, or no output embeddings) falls back to `sequence_logprobs(...) * mask`.
+    """
+    _check_ids_and_mask(input_ids, attention_mask)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_tensor(mask, "mask")
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
+    as_float_mask(mask, input_ids.float(), "mask")  # 0/1 values only
+    body = getattr(model, "base_model", None)
+    get_head = getattr(model, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if body is None or body is model or head is None:
+        lp = sequence_logprobs(model, input_ids, attention_mask, temperature)
+        return lp * as_float_mask(mask, lp, "mask")
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask,
+                  position_ids=position_ids_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
+    # position t >= 1 counts if it is masked in and both it and its predecessor are real tokens
+    take = (mask[:, 1:].bool() & attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool())  # (B, T-1)
+    rows, cols = take.nonzero(as_tuple=True)  # (K,) each
+    logits = _upcast(head(hidden[rows, cols])) / temperature  # (K, V): state at t-1 predicts token t
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[rows, cols + 1][:, None]).squeeze(-1)  # (K,)
+    out = lp.new_zeros(input_ids.shape)  # (B, T), 0 outside the mask
+    return out.index_put((rows, cols + 1), lp)
+
+
 def response_slice(x: torch.Tensor, prompt_length: int) -> torch.Tensor:
     """The response columns `x[:, P:]` of a (B, P + T, ...) tensor laid out prompt-then-response
     (left-padded prompts of width P). Works for ids, masks and per-token log-probs alike."""

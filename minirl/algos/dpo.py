@@ -56,7 +56,7 @@ from typing import Callable, NamedTuple
 import torch
 
 from ..checks import check_int, check_prompts, check_rows
-from ..lm import sequence_logprobs, sequence_mean, sequence_sum
+from ..lm import masked_sequence_logprobs, sequence_logprobs, sequence_mean, sequence_sum
 from ..losses import cpo_loss, dpo_loss, ipo_loss, kto_loss, orpo_loss, rrhf_loss, simpo_loss
 from ..losses.preference import DPO_LOSS_TYPES
 from ..rollout import make_generator, make_reference
@@ -81,6 +81,7 @@ __all__ = [
 LOSSES = ("dpo", "ipo", "kto", "orpo", "simpo", "cpo", "rrhf", "sft")
 SAMPLING = ("replacement", "epochs")
 REFERENCE = ("per_batch", "precompute")
+LENGTH_GROUP_MULT = 50  # group_by_length: pairs per mega-batch = 50 * batch_size (HF's mega_batch_mult)
 PAIR_KEYS = ("prompt", "chosen", "rejected")
 DPO_STEP_KEYS = ("loss", "chosen_logps", "rejected_logps", "chosen_rewards", "rejected_rewards", "margin",
                  "accuracy", "grad_weight")
@@ -130,6 +131,22 @@ class PreferenceConfig:
     """token budget per prompt + response (longer responses lose their end)"""
     seed: int = 0
     """seed of the batch schedule"""
+    # Speed options (issue 9). Off by default: the defaults reproduce the lessons' numbers bit for
+    # bit. Each changes only how the same sums are computed (float rounding) or the order in which
+    # the rows are visited, never the loss.
+    group_by_length: bool = False
+    """sampling="epochs" only: length-grouped minibatches (the `group_by_length` of HF's Trainer):
+    each pass shuffles the pairs, sorts each mega-batch of LENGTH_GROUP_MULT * batch_size pairs
+    by length (longest first), cuts it into minibatches and shuffles their order, so that a
+    minibatch holds pairs of similar length and its padding shrinks. Every pair is still seen
+    exactly once per pass; only which pairs share a step changes"""
+    reference_batch: int | None = None
+    """reference="precompute" only: score the rows (sequences, chosen and rejected alike) sorted
+    by length, this many per forward pass, each chunk cut to its own longest row (None: chunks
+    of 512 rows in data order, the default). 2 * batch_size matches the training forward"""
+    response_only_head: bool = False
+    """apply the LM head to the response positions only (`minirl.lm.masked_sequence_logprobs`),
+    for the policy and the reference: the prompt's and the padding's logits are never computed"""
 
 
 def check_config(cfg: PreferenceConfig) -> None:
@@ -155,6 +172,15 @@ def check_config(cfg: PreferenceConfig) -> None:
         raise ValueError(f"reference must be one of {REFERENCE}, got {cfg.reference!r}")
     if cfg.kto_kl and cfg.loss != "kto":
         raise ValueError(f"kto_kl applies to loss='kto' only, got loss={cfg.loss!r}")
+    for name in ("group_by_length", "response_only_head"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    if cfg.group_by_length and cfg.sampling != "epochs":
+        raise ValueError(f"group_by_length needs sampling='epochs' (passes over the rows), got {cfg.sampling!r}")
+    if cfg.reference_batch is not None:
+        check_int(cfg.reference_batch, "reference_batch")
+        if cfg.reference != "precompute":
+            raise ValueError(f"reference_batch applies to reference='precompute' only, got {cfg.reference!r}")
 
 
 class Scores(NamedTuple):
@@ -217,14 +243,31 @@ class PreferenceState:
     """(policy Scores detached, reference Scores) of the last step, before its update"""
 
 
-def _schedule(n_rows: int, cfg: PreferenceConfig) -> list:
+def _length_grouped(order: torch.Tensor, lengths: torch.Tensor, batch_size: int, g: torch.Generator) -> list:
+    """Minibatches of one pass with group_by_length: `order` (a shuffle of the row indices) is cut
+    into mega-batches of LENGTH_GROUP_MULT * batch_size rows, each sorted by `lengths` (longest
+    first, ties in shuffled order) and cut into minibatches of batch_size (the last of a
+    mega-batch may be smaller); the minibatches are then shuffled with `g`."""
+    mega = LENGTH_GROUP_MULT * batch_size
+    batches = []
+    for s in range(0, len(order), mega):
+        chunk = order[s:s + mega]
+        chunk = chunk[torch.sort(lengths[chunk], descending=True, stable=True).indices]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+
+
+def _schedule(n_rows: int, cfg: PreferenceConfig, pair_lengths: torch.Tensor | None = None) -> list:
     g = torch.Generator().manual_seed(cfg.seed)  # CPU on purpose: the same minibatches on any device
     if cfg.sampling == "replacement":
         return [(0, torch.randint(n_rows, (cfg.batch_size,), generator=g)) for _ in range(cfg.steps)]
     out = []
     for epoch in range(cfg.epochs):
         order = torch.randperm(n_rows, generator=g)
-        out += [(epoch, order[s:s + cfg.batch_size]) for s in range(0, n_rows, cfg.batch_size)]
+        if cfg.group_by_length:
+            out += [(epoch, idx) for idx in _length_grouped(order, pair_lengths, cfg.batch_size, g)]
+        else:
+            out += [(epoch, order[s:s + cfg.batch_size]) for s in range(0, n_rows, cfg.batch_size)]
     return out
 
 
@@ -241,10 +284,19 @@ def init_preference(policy, ref_model, tokenizer, rows, cfg: PreferenceConfig) -
                             weight_decay=cfg.weight_decay)
     ref = None
     if cfg.reference == "precompute":
-        ref = _all_logps(ref_model, {k: v.to(model_device(ref_model)) for k, v in batch.items()})  # (2B,)
+        on_ref = {k: v.to(model_device(ref_model)) for k, v in batch.items()}
+        if cfg.reference_batch is None and not cfg.response_only_head:
+            ref = _all_logps(ref_model, on_ref)  # (2B,) the default: chunks of 512 rows in data order
+        else:
+            ref = _all_logps(ref_model, on_ref, chunk=cfg.reference_batch or 512,
+                             by_length=cfg.reference_batch is not None, response_only=cfg.response_only_head)
     lengths = batch["response_mask"].sum(-1)  # (2B,) response tokens, EOS included
-    return PreferenceState(policy, ref_model, tokenizer, rows, opt, batch, lengths, _schedule(len(rows), cfg),
-                           ref)
+    pair_lengths = None
+    if cfg.group_by_length:  # a pair's minibatch width is the longer of its two sequences
+        full, n = batch["attention_mask"].sum(-1), len(rows)
+        pair_lengths = torch.maximum(full[:n], full[n:])  # (B,)
+    return PreferenceState(policy, ref_model, tokenizer, rows, opt, batch, lengths,
+                           _schedule(len(rows), cfg, pair_lengths), ref)
 
 
 def _mismatched(rows):
@@ -253,8 +305,11 @@ def _mismatched(rows):
             for r, q in zip(rows, rows[-1:] + rows[:-1])]
 
 
-def _scores(model, mb) -> Scores:
-    lp = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"])  # (2b, T) per token
+def _scores(model, mb, response_only: bool = False) -> Scores:
+    if response_only:  # the LM head on the response positions only; 0 elsewhere (the sums below mask them)
+        lp = masked_sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"])
+    else:
+        lp = sequence_logprobs(model, mb["input_ids"], mb["attention_mask"])  # (2b, T) per token
     n = mb["input_ids"].shape[0] // 2
     s, m = sequence_sum(lp, mb["response_mask"]), sequence_mean(lp, mb["response_mask"])  # (2b,) each
     return Scores(s[:n], s[n:], m[:n], m[n:])
@@ -276,7 +331,8 @@ def preference_step(state: PreferenceState, cfg: PreferenceConfig, loss_fn: Call
     fixed = {}
     if state.ref_logps is None:
         with torch.no_grad():
-            ref = _scores(state.ref_model, {k: v.to(model_device(state.ref_model)) for k, v in mb.items()})
+            ref = _scores(state.ref_model, {k: v.to(model_device(state.ref_model)) for k, v in mb.items()},
+                          cfg.response_only_head)
     else:
         rs, n = state.ref_logps, state.lengths.to(state.ref_logps.device)
         ref = Scores(rs[idx], rs[idx + B], rs[idx] / n[idx], rs[idx + B] / n[idx + B])
@@ -285,17 +341,18 @@ def preference_step(state: PreferenceState, cfg: PreferenceConfig, loss_fn: Call
         kl_batch = encode_preferences(state.tokenizer, _mismatched([state.rows[i] for i in idx.tolist()]),
                                       cfg.max_len)
         with torch.no_grad():
-            kl_ref = _scores(state.ref_model, {k: v.to(model_device(state.ref_model)) for k, v in kl_batch.items()})
+            kl_ref = _scores(state.ref_model, {k: v.to(model_device(state.ref_model)) for k, v in kl_batch.items()},
+                             cfg.response_only_head)
             fixed["kl_ref"] = torch.cat(kl_ref[:2]).to(device)
         fixed["kl_batch"] = kl_batch
     seen = {}
 
     def compute(model, micro):
-        pol = _scores(model, micro["mb"])
+        pol = _scores(model, micro["mb"], cfg.response_only_head)
         kl = None
         if cfg.kto_kl:
             with torch.no_grad():
-                kl = (torch.cat(_scores(model, micro["kl_batch"])[:2]), micro["kl_ref"])
+                kl = (torch.cat(_scores(model, micro["kl_batch"], cfg.response_only_head)[:2]), micro["kl_ref"])
         fn = loss_fn if loss_fn is not None else (lambda p, r, c: family_loss(c.loss, p, r, c, kl))
         loss, stats = fn(pol, micro["ref"], cfg)
         seen["pol"], seen["stats"] = Scores(*(t.detach() for t in pol)), stats
