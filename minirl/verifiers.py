@@ -254,13 +254,16 @@ ARITH_SAMPLE_PROMPTS = ["Q: 7+2=?", "Q: 23+45=?", "Q: 8*7=?", "Q: 34+12-5=?", "Q
 
 
 def train_arith_model(policy, tokenizer, n_steps: int = 400, batch_size: int = 64, lr: float = 2e-3,
-                      data_seed: int = 11, levels=(1, 1, 2, 3, 4, 5)) -> list[float]:
+                      data_seed: int = 11, levels=(1, 1, 2, 3, 4, 5), max_steps: int | None = None,
+                      callback=None) -> list[float]:
     """Continue SFT of `policy` (in place) on `n_steps` batches of fresh worked problems
     (`world.arithmetic_problems(n_steps * batch_size, data_seed, levels)`, in order), AdamW
     (betas 0.9, 0.95, weight decay 0.01) at a constant `lr`, gradient norm clipped at 1, loss on
     the response tokens (`minirl.losses.sft_loss`): `minirl.algos.sft.train_sft` with no warmup or
-    decay. Deterministic (no dropout, no sampling).
-    Returns the loss of every step; leaves the policy in eval mode."""
+    decay. Deterministic (no dropout, no sampling). max_steps stops after that many of the
+    n_steps steps (the same first steps: the learning rate is constant); callback(state, row) runs
+    after every step (train_sft's).
+    Returns the loss of every step run; leaves the policy in eval mode."""
     from . import world
     from .algos import sft
     from .tokenizer import encode_prompt_response
@@ -272,8 +275,52 @@ def train_arith_model(policy, tokenizer, n_steps: int = 400, batch_size: int = 6
                for chunk in (data[i * batch_size:(i + 1) * batch_size] for i in range(n_steps))]
     # lesson 03's loop (minirl.algos.sft) at a constant lr: warmup 1 step, no decay
     cfg = sft.SFTConfig(lr=lr, warmup=1, min_lr_ratio=1.0)
-    history = sft.train_sft(sft.init_sft(policy, cfg, n_steps), batches, cfg)
+    history = sft.train_sft(sft.init_sft(policy, cfg, n_steps), batches, cfg, max_steps=max_steps,
+                            callback=callback)
     return [row["loss"] for row in history]
+
+
+ARITH_LOG = "tiny_arith_training_log.json"
+"""data/results/<ARITH_LOG>: the losses of one full run of ARITH_RECIPE from data/tiny-sft at one
+thread, the weights' fingerprint after its first ARITH_CHECK_STEPS steps, and how far its final
+weights are from the shipped data/tiny-arith (`record_arith_run`). The test re-runs those first
+steps and compares (the full recipe takes about 3 minutes at one thread)."""
+ARITH_CHECK_STEPS = 100
+
+
+def record_arith_run(path=None) -> dict:
+    """Run ARITH_RECIPE in full from data/tiny-sft in float64 at one thread, as the shipped
+    data/tiny-arith was made, and write its record (see ARITH_LOG) to `path` (default
+    data/results/ARITH_LOG). Returns the record. `python -m minirl.verifiers --record-arith-run`."""
+    import json
+
+    from .models import TINY_SFT_DIR, load_policy
+    from .paths import DATA_DIR
+    from .utils import weights_fingerprint
+
+    before_dtype, before_threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    try:
+        policy, tok = load_policy(TINY_SFT_DIR)
+        fp = {}
+
+        def at_check(state, row):
+            if state.step == ARITH_CHECK_STEPS:
+                fp["fingerprint"] = weights_fingerprint(state.model)
+
+        losses = train_arith_model(policy, tok, **ARITH_RECIPE, callback=at_check)
+        shipped, _ = load_policy(DATA_DIR / "tiny-arith")
+        diff = max((a - b).abs().max().item() for a, b in zip(policy.parameters(), shipped.parameters()))
+    finally:
+        torch.set_default_dtype(before_dtype)
+        torch.set_num_threads(before_threads)
+    record = {"recipe": {k: list(v) if isinstance(v, tuple) else v for k, v in ARITH_RECIPE.items()},
+              "threads": 1, "check_step": ARITH_CHECK_STEPS, "fingerprint": fp["fingerprint"], "loss": losses,
+              "final_max_abs_diff_vs_shipped": diff}
+    out = DATA_DIR / "results" / ARITH_LOG if path is None else path
+    out.write_text(json.dumps(record, indent=1) + "\n")
+    return record
 
 
 def arith_samples(policy, tokenizer, prompts=None, max_new_tokens: int = 24) -> list[dict]:
@@ -284,3 +331,14 @@ def arith_samples(policy, tokenizer, prompts=None, max_new_tokens: int = 24) -> 
     prompts = list(ARITH_SAMPLE_PROMPTS if prompts is None else prompts)
     s = sample(policy, tokenizer, prompts, max_new_tokens, 0.0, torch.Generator().manual_seed(0))
     return [{"prompt": p, "response": r} for p, r in zip(prompts, s.responses)]
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--record-arith-run"]:
+        raise SystemExit("usage: python -m minirl.verifiers --record-arith-run")
+    rec = record_arith_run()
+    print(f"recorded {len(rec['loss'])} steps; final weights vs data/tiny-arith: "
+          f"largest difference {rec['final_max_abs_diff_vs_shipped']:.1e}")
+
