@@ -10,6 +10,8 @@ The pipeline, step by step:
     preference_pairs(prompts, responses, ...)     gold scores -> a (noisy) K-way ranking per prompt
                                                   -> its C(K,2) pairs (losses.ranking_to_pairs)
     train_reward_model(rm, tok, rows, config)     minibatch AdamW on losses.bradley_terry_loss
+    train_outcome_model(rm, tok, prompts, responses, labels, config)   an ORM: right / wrong labels,
+                                                  binary cross-entropy (lesson 16)
     evaluate_reward_model(rm, tok, rows)          accuracy vs labels and vs gold, calibration, ECE
     score_texts / reward_scores                   r(x, y), read at the LAST real token
 
@@ -210,6 +212,62 @@ def train_reward_model(rm, tokenizer, rows, config: RewardModelConfig | None = N
     rm.eval()
     return history
 
+
+
+
+def train_outcome_model(rm, tokenizer, prompts, responses, labels, config: RewardModelConfig | None = None) -> list[dict]:
+    """Fit an outcome reward model (ORM): r(x, y) read at the EOS token, trained so that
+    sigma(r(x, y)) predicts whether y is right (Cobbe et al. 2021's verifier; Lightman et al. 2023's
+    ORM), by minimizing the binary cross-entropy -[l log sigma(r) + (1 - l) log(1 - sigma(r))].
+
+    rm: a `ScalarHeadModel` (trained in place); prompts, responses: lists of N strings; labels: N
+    numbers in [0, 1] (1 = right, e.g. an outcome verifier's verdicts on sampled responses).
+    Minibatches of config.batch_size, reshuffled every epoch (generator seeded with config.seed),
+    AdamW steps through `minirl.training.optimizer_step` (gradient clipping at max_grad_norm).
+    Returns the history: every `log_every` steps {step, epoch, loss, accuracy} (means over those
+    steps; accuracy of sigma(r) > 1/2 against the labels). Leaves rm in eval mode."""
+    import torch.nn.functional as F
+
+    from .training import optimizer_step
+
+    cfg = config or RewardModelConfig()
+    if cfg.batch_size < 1 or cfg.epochs < 1 or not cfg.lr > 0:
+        raise ValueError(f"batch_size and epochs must be >= 1 and lr > 0, got {cfg}")
+    _check_prompts(prompts)
+    prompts, responses = list(prompts), list(responses)
+    y = torch.as_tensor(labels, dtype=torch.get_default_dtype()).flatten()
+    if not (len(responses) == len(prompts) == y.numel()):
+        raise ValueError(f"need one response and one label per prompt, got {len(prompts)} prompts, "
+                         f"{len(responses)} responses, {y.numel()} labels")
+    if not bool(((y >= 0) & (y <= 1)).all()):
+        raise ValueError("labels must be in [0, 1] (1 = right)")
+    enc = encode_prompt_response(tokenizer, prompts, responses, max_len=cfg.max_len)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    opt = torch.optim.AdamW(rm.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    clip = cfg.max_grad_norm if math.isfinite(cfg.max_grad_norm) else None
+
+    def loss_fn(model, mb):
+        b_ids, b_mask, b_y = mb
+        r = reward_scores(model, b_ids, b_mask)  # (b,)
+        loss = F.binary_cross_entropy_with_logits(r, b_y.to(r.dtype))
+        return loss, {"accuracy": ((r > 0).to(r.dtype) == (b_y > 0.5).to(r.dtype)).to(r.dtype).mean()}
+
+    rm.train()
+    history, buf, step = [], [], 0
+    for epoch in range(cfg.epochs):
+        for idx in torch.randperm(len(prompts), generator=g).split(cfg.batch_size):
+            width = int(mask[idx].sum(-1).max())  # right padding: drop all-pad columns
+            out = optimizer_step(rm, opt, [(ids[idx, :width], mask[idx, :width], y[idx])], loss_fn,
+                                 max_grad_norm=clip)
+            step += 1
+            buf.append((out["loss"], out["accuracy"]))
+            if step % cfg.log_every == 0:
+                history.append({"step": step, "epoch": epoch, "loss": sum(b[0] for b in buf) / len(buf),
+                                "accuracy": sum(b[1] for b in buf) / len(buf)})
+                buf = []
+    rm.eval()
+    return history
 
 
 

@@ -241,3 +241,34 @@ def test_shipped_reward_model_loads_offline_and_reproduces_scores(tok, float64_d
     # the RM prefers the gold's order on the reference rows it was saved with
     gold = torch.tensor([world.gold_sentiment(r["response"]) for r in ref["rows"]], dtype=torch.float64)
     assert R.spearman(scores, gold) > 0.5
+
+
+def test_outcome_model_learns_right_from_wrong(tok, float64_default):
+    # the ORM's loss is the binary cross-entropy of sigma(r) against the right/wrong label: on a
+    # toy task where "right" is visible in the text it reaches perfect training accuracy
+    torch.manual_seed(0)
+    rm = ScalarHeadModel.from_causal_lm(tiny_gpt2(tok, seed=0, n_layer=1, n_embd=32, n_head=2))
+    prompts = [f"Q: {a}+{b}=?" for a in range(4) for b in range(4)]
+    responses = [f" {a}+{b}={a + b + (i % 2)}. A: {a + b + (i % 2)}"
+                 for i, (a, b) in enumerate((a, b) for a in range(4) for b in range(4))]
+    labels = [1.0 - (i % 2) for i in range(len(prompts))]  # every second answer is off by one
+    prompts, responses, labels = prompts * 4, responses * 4, labels * 4
+    cfg = R.RewardModelConfig(lr=3e-3, epochs=30, batch_size=16, log_every=4)
+    hist = R.train_outcome_model(rm, tok, prompts, responses, labels, cfg)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"] and not rm.training
+    p = torch.sigmoid(R.score_texts(rm, tok, prompts, responses))
+    # the loss it minimized is the mean binary cross-entropy of these probabilities
+    y = torch.tensor(labels)
+    bce = -(y * p.log() + (1 - y) * (1 - p).log()).mean()
+    assert float(bce) < hist[0]["loss"]
+    assert float(((p > 0.5).double() == y).double().mean()) > 0.9
+
+
+def test_outcome_model_rejects_bad_input(tok):
+    rm = ScalarHeadModel.from_causal_lm(tiny_gpt2(tok, seed=0, n_layer=1, n_embd=16, n_head=2))
+    with pytest.raises(ValueError, match="one label per prompt"):
+        R.train_outcome_model(rm, tok, ["Q: 1+1=?"], [" 2"], [1.0, 0.0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        R.train_outcome_model(rm, tok, ["Q: 1+1=?"], [" 2"], [2.0])
+    with pytest.raises(ValueError, match="list of str"):
+        R.train_outcome_model(rm, tok, "Q: 1+1=?", [" 2"], [1.0])
