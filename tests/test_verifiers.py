@@ -167,8 +167,7 @@ def test_verify_and_scorer_bad_input():
 def test_scorer_follows_the_samples_contract():
     from minirl.rollout import Samples
 
-    s = Samples.__new__(Samples)
-    s.prompts, s.responses, s.sequences = ["Q: 1+1=?", "Q: 2*3=?"], [" 1+1=2. A: 2", " 2*3=5. A: 5"], None
+    s = Samples(["Q: 1+1=?", "Q: 2*3=?"], [" 1+1=2. A: 2", " 2*3=5. A: 5"], None, torch.tensor([True, True]))
     out = verifiers.scorer("outcome")(s)
     assert out.shape == (2,) and out.dtype == torch.get_default_dtype() and out.tolist() == [1.0, 0.0]
     assert verifiers.scorer("process_mean")(s).tolist() == [1.0, 0.5]
