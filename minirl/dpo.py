@@ -145,14 +145,20 @@ def _check_batch(batch: dict) -> None:
         raise ValueError("response_mask is 1 on a padded position (attention_mask 0): the masks disagree")
 
 
-def sequence_logps(model, batch: dict) -> torch.Tensor:
+def sequence_logps(model, batch: dict, response_only: bool = False) -> torch.Tensor:
     """log pi(y | x) = sum_t response_mask_t * log pi(y_t | x, y_<t) for every row: (N, T) -> (N,).
 
     One teacher-forced forward (`minirl.lm.sequence_logprobs`), then the masked sum over the
-    response tokens. Gradients flow; wrap in torch.no_grad() for the reference."""
+    response tokens. response_only: the LM head on the response positions only
+    (`minirl.lm.masked_sequence_logprobs`; the same sums up to float rounding). Gradients flow;
+    wrap in torch.no_grad() for the reference."""
     _check_batch(batch)
-    logprobs = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"])  # (N, T)
-    return sequence_sum(logprobs, batch["response_mask"])  # (N,)
+    ids, am, rm = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    if response_only:
+        logprobs = masked_sequence_logprobs(model, ids, am, rm)  # (N, T), 0 outside the response
+    else:
+        logprobs = sequence_logprobs(model, ids, am)  # (N, T)
+    return sequence_sum(logprobs, rm)  # (N,)
 
 
 def concatenated_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,23 +182,14 @@ def _all_logps(model, batch: dict, chunk: int = 512, by_length: bool = False,
     the result is put back in data order. response_only: the LM head on the response positions
     only (`minirl.lm.masked_sequence_logprobs`). Both change float rounding only."""
     n = batch["input_ids"].shape[0]
-    if not by_length and not response_only:  # the default, exactly as the lessons ran it
-        return torch.cat([sequence_logps(model, _select(batch, torch.arange(s, min(s + chunk, n))))
-                          for s in range(0, n, chunk)])
     if by_length:
         order = torch.sort(batch["attention_mask"].sum(-1).cpu(), descending=True, stable=True).indices
-    else:
+    else:  # the default, as the lessons run it
         order = torch.arange(n)
     out = None
     for s in range(0, n, chunk):
         idx = order[s:s + chunk]
-        mb = _select(batch, idx.to(batch["input_ids"].device))
-        if response_only:
-            _check_batch(mb)
-            lp = masked_sequence_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["response_mask"])
-            lp = sequence_sum(lp, mb["response_mask"])
-        else:
-            lp = sequence_logps(model, mb)
+        lp = sequence_logps(model, _select(batch, idx.to(batch["input_ids"].device)), response_only)
         if out is None:
             out = lp.new_zeros(n)
         out[idx.to(out.device)] = lp

@@ -285,11 +285,9 @@ def init_preference(policy, ref_model, tokenizer, rows, cfg: PreferenceConfig) -
     ref = None
     if cfg.reference == "precompute":
         on_ref = {k: v.to(model_device(ref_model)) for k, v in batch.items()}
-        if cfg.reference_batch is None and not cfg.response_only_head:
-            ref = _all_logps(ref_model, on_ref)  # (2B,) the default: chunks of 512 rows in data order
-        else:
-            ref = _all_logps(ref_model, on_ref, chunk=cfg.reference_batch or 512,
-                             by_length=cfg.reference_batch is not None, response_only=cfg.response_only_head)
+        # (2B,); the default: chunks of 512 rows in data order
+        ref = _all_logps(ref_model, on_ref, chunk=cfg.reference_batch or 512,
+                         by_length=cfg.reference_batch is not None, response_only=cfg.response_only_head)
     lengths = batch["response_mask"].sum(-1)  # (2B,) response tokens, EOS included
     pair_lengths = None
     if cfg.group_by_length:  # a pair's minibatch width is the longer of its two sequences
