@@ -81,8 +81,8 @@ def config_dict(config) -> dict:
 def weights_fingerprint(model, n_probes: int = 6, seed: int = 0) -> list[float]:
     """2 + n_probes numbers that move with every weight of `model`: the sum and the norm of all
     its parameters, and their dot products with n_probes fixed random +-1 vectors (seeded). Two
-    runs whose fingerprints agree to 1e-6 trained the same weights (lesson 03 writes this inline;
-    the recorded runs in data/results/ store one)."""
+    runs whose fingerprints agree to 1e-6 trained the same weights (lesson 03 checks its training
+    against a recorded run with it; the recorded runs in data/results/ store one)."""
     w = torch.cat([p.detach().flatten() for p in model.parameters()])
     signs = torch.randint(0, 2, (n_probes, w.numel()), generator=torch.Generator().manual_seed(seed))
     return [w.sum().item(), w.norm().item()] + ((2 * signs - 1).to(w.dtype) @ w).tolist()
