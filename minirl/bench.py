@@ -9,8 +9,8 @@ For each model it times, with the same functions the lessons use (minirl.lm):
 - one training step: log-probs with gradients, a masked negative log-likelihood, backward, AdamW;
 - for the tiny model, a PPO/GRPO-sized rollout: 64 responses of 32 tokens with the KV cache;
 - one GRPO step on the trained tiny model (data/tiny-sft) with its arithmetic verifier: G samples for
-  each of 8 prompts, scoring, reference log-probs, and the update (`grpo_step`), split into those
-  parts. `python -m minirl.bench_trl_grpo` times the same step in TRL's GRPOTrainer and prints the
+  each of 8 prompts, scoring, reference log-probs, and the update: the package's own step
+  (`minirl.algos.grpo.grpo_step`), split into the parts it logs. `python -m minirl.bench_trl_grpo` times the same step in TRL's GRPOTrainer and prints the
   ratio. `--skip-grpo` leaves it out.
 - with `--dpo`, one DPO epoch in minirl (defaults, and with the opt-in speed options) and in TRL's
   DPOTrainer, end to end, printing `TRL epoch / minirl epoch` (`minirl.bench_trl_dpo`, which
@@ -33,11 +33,9 @@ from dataclasses import dataclass, field
 import torch
 
 from . import lm
-from .advantages import group_advantages
-from .losses import grpo_loss
 from .paths import DATA_DIR, relative
 from .rewards import arithmetic_rewards
-from .rollout import make_generator, make_reference, sample
+from .rollout import make_reference
 from .utils import get_device
 from .world import arithmetic_prompts
 
@@ -210,70 +208,51 @@ def grpo_problems(case: GRPOCase) -> list[list[dict]]:
     return [rows[i : i + case.prompts] for i in range(0, n, case.prompts)]
 
 
-def grpo_step(policy, ref_model, tokenizer, optimizer, problems: list[dict], case: GRPOCase, generator) -> dict:
-    """One on-policy GRPO step: sample G completions per prompt, score them with the exact-answer
-    verifier, group advantages (TRL's scale_rewards="group"), reference log-probs, then one
-    optimizer step on `grpo_loss` (old log-probs = the current ones detached: one update per
-    rollout, as TRL with num_iterations=1 does), gradient clipping, AdamW.
+def grpo_config(case: GRPOCase, n_steps: int):
+    """The `minirl.algos.grpo.GRPOConfig` of the benchmark's step: one optimizer step per rollout on
+    the whole batch (num_iterations = 1, no minibatches, so the old log-probs are the sampler's),
+    the case's loss_type, beta, learning rate, clipping and completion limit."""
+    from .algos import grpo
 
-    Returns the seconds of each part (generation incl. tokenizing and decoding, scoring incl.
-    advantages, reference, update = forward + backward + clip + optimizer step), the step total,
-    the number of completion tokens and the mean reward."""
-    device = next(policy.parameters()).device
-    G = case.group
-    prompts = [p["prompt"] for p in problems for _ in range(G)]
-    answers = [p["answer"] for p in problems for _ in range(G)]
-    t = {}
-    t_start = time.perf_counter()
-
-    def mark(name, t0):
-        _sync(device)
-        t[name] = time.perf_counter() - t0
-        return time.perf_counter()
-
-    t0 = t_start
-    s = sample(policy, tokenizer, prompts, case.max_new_tokens, temperature=case.temperature, generator=generator)
-    t0 = mark("generation", t0)
-    rewards = arithmetic_rewards(s.responses, answers)
-    advantages = group_advantages(rewards, G, scale="group").to(device)
-    t0 = mark("scoring", t0)
-    with torch.no_grad():
-        ref_lp = lm.response_logprobs(ref_model, s.sequences, s.attention_mask, s.prompt_length, case.temperature)
-    t0 = mark("reference", t0)
-    policy.train()
-    lp = lm.response_logprobs(policy, s.sequences, s.attention_mask, s.prompt_length, case.temperature)
-    loss, stats = grpo_loss(
-        lp, lp.detach(), advantages.to(lp.dtype), s.response_mask, loss_type=case.loss_type, ref_logprobs=ref_lp,
-        beta=case.beta,
-    )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if case.max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), case.max_grad_norm)
-    optimizer.step()
-    policy.eval()
-    t0 = mark("update", t0)
-    t["step"] = t0 - t_start
-    t["completion_tokens"] = int(s.response_mask.sum())
-    t["reward"] = float(rewards.mean())
-    return t
+    return grpo.GRPOConfig(n_iterations=n_steps, prompts_per_step=case.prompts, group_size=case.group,
+                           max_new_tokens=case.max_new_tokens, temperature=case.temperature, lr=case.lr,
+                           max_grad_norm=case.max_grad_norm, loss_type=case.loss_type, beta=case.beta,
+                           scale_rewards="group", num_iterations=1, log_kl=True, seed=case.seed)
 
 
 def bench_grpo(case: GRPOCase, device) -> dict:
-    """Median over `case.steps` GRPO steps (after `case.warmup`) of each part of `grpo_step`:
-    a dict with keys generation, scoring, reference, update, step (seconds), completion_tokens,
-    reward (means over the timed steps)."""
+    """Median over `case.steps` GRPO steps (after `case.warmup`) of the parts of the package's own
+    step, `minirl.algos.grpo.grpo_step` (the loop the lessons and the GPT-2 entry points run), as it
+    logs them: generation (incl. tokenizing and decoding), scoring (the exact-answer verifier),
+    reference log-probs, update (forward with the entropy, as TRL's also computes, backward,
+    clipping, optimizer step), and the whole call. The optimizer is AdamW with weight decay 0.01,
+    TRL's default, in place of the loop's Adam. Returns a dict with keys generation, scoring,
+    reference, update, step (seconds), completion_tokens, reward (means over the timed steps)."""
+    from .algos import grpo
     from .models import load_policy
 
     policy, tokenizer = load_policy(case.model_dir, device=device)
-    ref_model = make_reference(policy)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=case.lr)
-    generator = make_generator(case.seed, device)
+    steps = grpo_problems(case)
+    cfg = grpo_config(case, len(steps))
+    state = grpo.init_grpo(policy, cfg, ref_model=make_reference(policy))
+    state.optimizer = torch.optim.AdamW(policy.parameters(), lr=case.lr, weight_decay=0.01)
     runs = []
-    for i, problems in enumerate(grpo_problems(case)):
-        r = grpo_step(policy, ref_model, tokenizer, optimizer, problems, case, generator)
+    for i, problems in enumerate(steps):
+        answer = {p["prompt"]: p["answer"] for p in problems}
+
+        def score(s):  # the reward contract: the exact-answer verifier on each response
+            return arithmetic_rewards(s.responses, [answer[p] for p in s.prompts])
+
+        _sync(device)
+        t0 = time.perf_counter()
+        row = grpo.grpo_step(state, tokenizer, [p["prompt"] for p in problems], score, cfg)
+        _sync(device)
         if i >= case.warmup:
-            runs.append(r)
+            runs.append({"generation": row["time_generate"], "scoring": row["time_score"],
+                         "reference": row["time_reference"], "update": row["time_update"],
+                         "step": time.perf_counter() - t0,
+                         "completion_tokens": int(state.last_samples.response_mask.sum()),
+                         "reward": row["reward"]})
     return summarize_steps(runs)
 
 

@@ -15,13 +15,14 @@ Both sides run the same step, built from the same `minirl.bench.GRPOCase`:
   = prompts * G, num_iterations = 1, so old log-probs are not recomputed on either side), loss_type
   "dapo" (TRL's default), beta = 0.04 (so both compute reference log-probs), gradient clipping at
   1.0, AdamW at a constant learning rate.
-Times: minirl's parts are timed inside `bench.grpo_step`; TRL's step is timed from the trainer's
+Times: minirl's side is the package's own step, `minirl.algos.grpo.grpo_step`, with the parts it
+logs (time_generate, time_score, time_reference, time_update); TRL's step is timed from the trainer's
 on_step_begin to on_step_end callbacks (so it includes everything the trainer does in a step:
 generation, scoring, reference, loss, backward, clipping, optimizer and scheduler steps, its
 metric bookkeeping), and its parts by wrapping `_generate` (tokenize, generate, decode),
 `_calculate_rewards` and the reference model's `_get_per_token_logps_and_entropies` call. TRL's
 "update" is the step minus those parts. Both sides report the median over the timed steps after
-the warm-up. TRL's loss forward also computes the per-token entropy (it logs it); minirl's does not.
+the warm-up. Both loss forwards also compute the per-token entropy (both log it), and both log the KL.
 Sampling is random on both sides, so the completion lengths differ between them: the table prints
 the completion tokens per step of each, and the ratio is of step times, not per token.
 """
@@ -42,7 +43,7 @@ from .utils import get_device
 
 
 def trl_grpo_trainer(case: bench.GRPOCase, device, outdir: str):
-    """TRL's GRPOTrainer configured like `bench.grpo_step` (see the module docstring)."""
+    """TRL's GRPOTrainer configured like `bench.grpo_config` (see the module docstring)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer

@@ -59,13 +59,23 @@ def progress(iterable=None, **kwargs):
 
 @contextmanager
 def timer(results: dict | None = None, key: str = "seconds"):
-    """Measure wall time of a block: `with timer(d, "gen"): ...` adds the seconds to `d["gen"]`."""
+    """Measure wall time of a block: `with timer(d, "gen"): ...` adds the seconds to `d["gen"]`.
+
+    Where CUDA is in use, the GPU is synchronized at both ends, so the seconds are those of the
+    block's kernels rather than of their asynchronous launches (a no-op on CPU)."""
+    _cuda_sync()
     t0 = time.perf_counter()
     out = {} if results is None else results
     try:
         yield out
     finally:
+        _cuda_sync()
         out[key] = out.get(key, 0.0) + time.perf_counter() - t0
+
+
+def _cuda_sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def config_dict(config) -> dict:
