@@ -16,7 +16,9 @@ it is `minirl.reward_model.best_of_n_kl`, re-exported here.
     best_of_n_log_ratio(rewards, pool_rewards, n)  log pi_bon(y) / pi(y) from an empirical CDF: a
                                                    plug-in (biased) Monte-Carlo KL for a language model
     log_ratio_null_expectation(n, pool_size)       that estimate's exact expectation without atoms
-    rejection_sampling_round(...)                  sample n per prompt, keep the best, SFT on it
+    rejection_sampling_round(...)                  sample n per prompt, keep the best, SFT on it;
+                                                   with passed_fn, the best that passes every
+                                                   constraint judge (CGPO's CRRAFT, notebooks/15)
 """
 from __future__ import annotations
 
@@ -118,14 +120,21 @@ def log_ratio_null_expectation(n: int, pool_size: int) -> float:
 
 
 def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optimizer, max_new_tokens: int = 16,
-                             epochs: int = 1, minibatch_size: int = 16, generator=None) -> dict:
+                             epochs: int = 1, minibatch_size: int = 16, generator=None,
+                             passed_fn=None) -> dict:
     """One round of rejection-sampling fine-tuning (best-of-n distillation, as in Llama 2's and
     the R1 recipe's RS stages): for each prompt draw n responses from the CURRENT policy, keep the
     one `score_fn` (samples -> (B*n,)) ranks best, then `epochs` passes of SFT on the kept
     (prompt, response) pairs with the response-masked NLL (minirl.losses.sft.sft_loss, token mean),
     as steps of `minirl.algos.sft` with `optimizer` (which persists across rounds), no clipping.
-    Returns {"score_all", "score_best", "sft_loss_first", "sft_loss"}: the mean score of all
-    samples, of the kept ones, and the loss of the first and of the last minibatch."""
+    Returns {"score_all", "score_best", "sft_loss_first", "sft_loss", "kept"}: the mean score of
+    all samples, of the kept ones, the loss of the first and of the last minibatch, and the number
+    of kept pairs.
+
+    passed_fn(samples) -> bool (B*n,), optional: CRRAFT's filter (CGPO, Xu et al. 2024): keep, of
+    each prompt's n samples, the best-scored one among those that pass (`judges.constrained_best`)
+    and skip a prompt none of whose samples passes; if no prompt is kept, no step is taken (the
+    losses are NaN, "score_best" too). Without it (the default) every prompt keeps its best."""
     from .algos.sft import SFTConfig, init_sft, train_sft
     from .rlhf import sample
 
@@ -134,7 +143,17 @@ def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optim
         raise ValueError("prompts must be a non-empty list of str")
     s = sample(policy, tokenizer, [p for p in prompts for _ in range(n)], max_new_tokens, 1.0, generator)
     scores = score_fn(s).float()
-    keep = best_of_n(scores, n)  # (B,)
+    if passed_fn is None:
+        keep = best_of_n(scores, n)  # (B,)
+    else:
+        from .judges import constrained_best
+
+        keep = constrained_best(scores, passed_fn(s), n)  # (B,), -1 where no sample passes
+        keep = keep[keep >= 0]
+        if keep.numel() == 0:
+            nan = float("nan")
+            return {"score_all": float(scores.detach().mean()), "score_best": nan, "sft_loss_first": nan,
+                    "sft_loss": nan, "kept": 0}
     rmask = s.response_mask[keep]
     seq, attn = s.sequences[keep], s.attention_mask[keep]
     loss_mask = torch.cat([rmask.new_zeros(rmask.shape[0], s.prompt_length), rmask], dim=1)  # responses only
@@ -148,4 +167,4 @@ def rejection_sampling_round(policy, tokenizer, prompts, score_fn, n: int, optim
     losses = [row["loss"] for row in rows]
     scores = scores.detach()
     return {"score_all": float(scores.mean()), "score_best": float(scores[keep].mean()), "sft_loss_first": losses[0],
-            "sft_loss": losses[-1]}
+            "sft_loss": losses[-1], "kept": B}

@@ -10,6 +10,9 @@ Contracts (the same as the rest of the library):
         maps each to one of VERDICTS; `label_pairs` turns verdicts into preference rows
         {"prompt", "chosen", "rejected"} (the layout of `reward_model.preference_pairs` and of
         `dpo.train_dpo`), with a defined treatment and a counter for every bad verdict.
+        The verdict parsing and the labeling live in `minirl.labeling` (beside rank-and-pair with
+        any scorer); VERDICTS, parse_verdict, judge_verdicts, labels_from_verdicts and label_pairs
+        (= `labeling.judge_label_pairs`) are re-exported here under their old names.
     a CONSTRAINT JUDGE is fn(prompts, responses) -> bool tensor (B,): True where the response passes.
 
 Bad judge output (`parse_verdict`):
@@ -47,16 +50,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections import Counter
 from typing import Callable, Sequence
 
 import torch
 
 from .checks import check_tensor
+from .labeling import VERDICTS, _check_triplets, judge_verdicts, labels_from_verdicts, parse_verdict  # noqa: F401
+from .labeling import judge_label_pairs as label_pairs  # noqa: F401  (re-exported under the old name)
 from .rewards import repetition_fraction
 from .world import ITEMS
 
-VERDICTS = ("first", "second", "tie", "refusal", "unparsable")
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -126,36 +129,6 @@ def excess_preference(judge_prefers, gold_prefers) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ verdicts
 
 
-_REFUSAL = re.compile(r"\b(i cannot|i can't|i can not|i won't|unable to|refuse|sorry|as an ai)\b")
-_TIE = re.compile(r"\b(tie|equal|equally|same|neither|both are)\b")
-_A = re.compile(r"(\[\[a\]\]|\(a\)|\b(response|output|answer|assistant) a\b|^a\b|\bfirst\b)")
-_B = re.compile(r"(\[\[b\]\]|\(b\)|\b(response|output|answer|assistant) b\b|^b\b|\bsecond\b)")
-
-
-def parse_verdict(text) -> str:
-    """One raw judge answer -> one of VERDICTS.
-
-    "A", "[[A]]", "(a)", "Response A is better", "first" -> "first"; the same with B / second ->
-    "second"; "tie", "they are equal", "neither" -> "tie"; "I cannot judge this", "Sorry, ..." ->
-    "refusal"; anything else, a non-str, or text that names both A and B -> "unparsable".
-    Case and surrounding space and punctuation are ignored."""
-    if not isinstance(text, str):
-        return "unparsable"
-    t = text.strip().lower().strip(" .!:;\"'")
-    if not t:
-        return "unparsable"
-    if _REFUSAL.search(t):
-        return "refusal"
-    a, b = bool(_A.search(t)), bool(_B.search(t))
-    if a and not b:
-        return "first"
-    if b and not a:
-        return "second"
-    if _TIE.search(t) and not (a or b):
-        return "tie"
-    return "unparsable"
-
-
 def verdicts_from_margin(margin: torch.Tensor, tie_margin: float = 0.0) -> list[str]:
     """A scoring judge's answers: "A" where margin = s(first) - s(second) > tie_margin, "B" where it
     is < -tie_margin, "tie" otherwise (|margin| <= tie_margin; an exact tie when tie_margin = 0).
@@ -170,70 +143,6 @@ def verdicts_from_margin(margin: torch.Tensor, tie_margin: float = 0.0) -> list[
         else:
             out.append("A" if m > tie_margin else ("B" if m < -tie_margin else "tie"))
     return out
-
-
-def _check_triplets(prompts, firsts, seconds):
-    for name, v in (("prompts", prompts), ("firsts", firsts), ("seconds", seconds)):
-        if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
-            raise ValueError(f"{name} must be a list of str")
-    if not (len(prompts) == len(firsts) == len(seconds)) or not prompts:
-        raise ValueError(f"prompts, firsts and seconds must be non-empty and of one length, got "
-                         f"{len(prompts)}, {len(firsts)}, {len(seconds)}")
-
-
-def judge_verdicts(judge: Callable, prompts, firsts, seconds) -> list[str]:
-    """Call a pairwise judge and parse its answers: list of VERDICTS, one per pair. The judge must
-    return one answer per pair (ValueError otherwise: a length mismatch would shift every label)."""
-    _check_triplets(prompts, firsts, seconds)
-    raw = judge(list(prompts), list(firsts), list(seconds))
-    if not isinstance(raw, (list, tuple)) or len(raw) != len(prompts):
-        raise ValueError(f"the judge must return one answer per pair ({len(prompts)}), got "
-                         f"{len(raw) if hasattr(raw, '__len__') else type(raw).__name__}")
-    return [parse_verdict(r) for r in raw]
-
-
-def labels_from_verdicts(prompts, firsts, seconds, verdicts, swapped_verdicts=None,
-                         counts: Counter | None = None) -> tuple[list[dict], Counter]:
-    """Preference rows from parsed verdicts, with every bad verdict dropped and counted.
-
-    verdicts: one of VERDICTS per pair (firsts[i] shown first); swapped_verdicts: the same pairs
-    shown the other way round, or None. A pair becomes a row {"prompt", "chosen", "rejected",
-    "pair_index"} only if its verdict is "first" or "second" and, with swapped_verdicts, the
-    swapped verdict names the same response. Returns (rows, counts): each pair adds one to
-    `counts` (a Counter, new if None) under "labeled", "tie", "refusal", "unparsable" or
-    "inconsistent" (for two bad answers, the first one's kind)."""
-    _check_triplets(prompts, firsts, seconds)
-    for name, v in (("verdicts", verdicts), ("swapped_verdicts", swapped_verdicts)):
-        if v is None and name == "swapped_verdicts":
-            continue
-        if not isinstance(v, (list, tuple)) or len(v) != len(prompts) or any(x not in VERDICTS for x in v):
-            raise ValueError(f"{name} must be a list of {len(prompts)} entries of {VERDICTS}")
-    counts = Counter() if counts is None else counts
-    rows = []
-    for i, (p, a, b) in enumerate(zip(prompts, firsts, seconds)):
-        answers = (verdicts[i],) + (() if swapped_verdicts is None else (swapped_verdicts[i],))
-        bad = next((v for v in answers if v not in ("first", "second")), None)
-        if bad is not None:
-            counts[bad] += 1
-            continue
-        a_wins = verdicts[i] == "first"
-        if swapped_verdicts is not None and a_wins != (swapped_verdicts[i] == "second"):
-            counts["inconsistent"] += 1
-            continue
-        counts["labeled"] += 1
-        rows.append({"prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a, "pair_index": i})
-    return rows, counts
-
-
-def label_pairs(judge: Callable, prompts, firsts, seconds, both_orders: bool = False,
-                counts: Counter | None = None) -> tuple[list[dict], Counter]:
-    """Ask a pairwise judge about every pair (with both_orders, also with the two responses
-    swapped) and turn its answers into preference rows: `judge_verdicts`, then
-    `labels_from_verdicts` (which drops and counts ties, refusals, unparsable and inconsistent
-    answers). Returns (rows, counts)."""
-    v1 = judge_verdicts(judge, prompts, firsts, seconds)
-    v2 = judge_verdicts(judge, prompts, seconds, firsts) if both_orders else None
-    return labels_from_verdicts(prompts, firsts, seconds, v1, v2, counts)
 
 
 # ------------------------------------------------------------------------------ a language-model judge

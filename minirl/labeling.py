@@ -11,8 +11,22 @@ are the same function with another scorer:
                                                      prompt (prompts with < 2 responses skipped)
     save_pairs(rows, path), load_pairs(path)         the JSONL layout TRL's DPOTrainer reads
 
-Derived in notebooks/05 (the simulated labeler) and used by notebooks/12 (an RM labeler). Moved
-out of `minirl.reward_model`, which re-exports every name.
+A PAIRWISE judge (an LLM judge asked "which is better, A or B?") answers in text, so its labels
+take one more step (derived in notebooks/15, re-exported by `minirl.judges` under these names):
+
+    parse_verdict(text)                              raw answer -> one of VERDICTS ("first",
+                                                     "second", "tie", "refusal", "unparsable")
+    judge_verdicts(judge, prompts, firsts, seconds)  call judge(prompts, firsts, seconds) -> raw
+                                                     answers, parse them
+    labels_from_verdicts(prompts, firsts, seconds, verdicts, swapped_verdicts=None)
+                                                     rows, with ties, refusals, unparsable and
+                                                     (both orders) inconsistent answers dropped
+                                                     and COUNTED in a Counter
+    judge_label_pairs(judge, prompts, firsts, seconds, both_orders=False)
+                                                     the two above in one call (judges.label_pairs)
+
+Derived in notebooks/05 (the simulated labeler) and used by notebooks/12 (an RM labeler) and
+notebooks/15 (an AI judge). Moved out of `minirl.reward_model`, which re-exports every name.
 
 Label noise (the simulated labeler): a labeler ranks the K responses of a prompt by the score plus
 Gumbel noise, `sort(score / temperature + Gumbel(0, 1))` (a Plackett-Luce ranking). Since the
@@ -24,6 +38,8 @@ labeler prefers neither, so their label is a coin toss that teaches nothing.
 """
 from __future__ import annotations
 
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +56,14 @@ __all__ = [
     "label_pairs",
     "save_pairs",
     "load_pairs",
+    "VERDICTS",
+    "parse_verdict",
+    "judge_verdicts",
+    "labels_from_verdicts",
+    "judge_label_pairs",
 ]
+
+VERDICTS = ("first", "second", "tie", "refusal", "unparsable")
 
 
 def gold_response_sentiment(prompt: str, response: str) -> float:
@@ -204,3 +227,105 @@ def load_pairs(path):
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------------------ pairwise judges
+
+
+_REFUSAL = re.compile(r"\b(i cannot|i can't|i can not|i won't|unable to|refuse|sorry|as an ai)\b")
+_TIE = re.compile(r"\b(tie|equal|equally|same|neither|both are)\b")
+_A = re.compile(r"(\[\[a\]\]|\(a\)|\b(response|output|answer|assistant) a\b|^a\b|\bfirst\b)")
+_B = re.compile(r"(\[\[b\]\]|\(b\)|\b(response|output|answer|assistant) b\b|^b\b|\bsecond\b)")
+
+
+def parse_verdict(text) -> str:
+    """One raw judge answer -> one of VERDICTS.
+
+    "A", "[[A]]", "(a)", "Response A is better", "first" -> "first"; the same with B / second ->
+    "second"; "tie", "they are equal", "neither" -> "tie"; "I cannot judge this", "Sorry, ..." ->
+    "refusal"; anything else, a non-str, or text that names both A and B -> "unparsable".
+    Case and surrounding space and punctuation are ignored."""
+    if not isinstance(text, str):
+        return "unparsable"
+    t = text.strip().lower().strip(" .!:;\"'")
+    if not t:
+        return "unparsable"
+    if _REFUSAL.search(t):
+        return "refusal"
+    a, b = bool(_A.search(t)), bool(_B.search(t))
+    if a and not b:
+        return "first"
+    if b and not a:
+        return "second"
+    if _TIE.search(t) and not (a or b):
+        return "tie"
+    return "unparsable"
+
+
+def _check_triplets(prompts, firsts, seconds):
+    for name, v in (("prompts", prompts), ("firsts", firsts), ("seconds", seconds)):
+        if isinstance(v, str) or not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+            raise ValueError(f"{name} must be a list of str")
+    if not (len(prompts) == len(firsts) == len(seconds)) or not prompts:
+        raise ValueError(f"prompts, firsts and seconds must be non-empty and of one length, got "
+                         f"{len(prompts)}, {len(firsts)}, {len(seconds)}")
+
+
+def judge_verdicts(judge: Callable, prompts, firsts, seconds) -> list[str]:
+    """Call a pairwise judge and parse its answers: list of VERDICTS, one per pair. The judge must
+    return one answer per pair (ValueError otherwise: a length mismatch would shift every label)."""
+    _check_triplets(prompts, firsts, seconds)
+    raw = judge(list(prompts), list(firsts), list(seconds))
+    if not isinstance(raw, (list, tuple)) or len(raw) != len(prompts):
+        raise ValueError(f"the judge must return one answer per pair ({len(prompts)}), got "
+                         f"{len(raw) if hasattr(raw, '__len__') else type(raw).__name__}")
+    return [parse_verdict(r) for r in raw]
+
+
+def labels_from_verdicts(prompts, firsts, seconds, verdicts, swapped_verdicts=None,
+                         counts: Counter | None = None) -> tuple[list[dict], Counter]:
+    """Preference rows from parsed verdicts, with every bad verdict dropped and counted.
+
+    verdicts: one of VERDICTS per pair (firsts[i] shown first); swapped_verdicts: the same pairs
+    shown the other way round, or None. A pair becomes a row {"prompt", "chosen", "rejected",
+    "pair_index"} only if its verdict is "first" or "second" and, with swapped_verdicts, the
+    swapped verdict names the same response. Returns (rows, counts): each pair adds one to
+    `counts` (a Counter, new if None) under "labeled", "tie", "refusal", "unparsable" or
+    "inconsistent" (for two bad answers, the first one's kind)."""
+    _check_triplets(prompts, firsts, seconds)
+    for name, v in (("verdicts", verdicts), ("swapped_verdicts", swapped_verdicts)):
+        if v is None and name == "swapped_verdicts":
+            continue
+        if not isinstance(v, (list, tuple)) or len(v) != len(prompts) or any(x not in VERDICTS for x in v):
+            raise ValueError(f"{name} must be a list of {len(prompts)} entries of {VERDICTS}")
+    counts = Counter() if counts is None else counts
+    rows = []
+    for i, (p, a, b) in enumerate(zip(prompts, firsts, seconds)):
+        answers = (verdicts[i],) + (() if swapped_verdicts is None else (swapped_verdicts[i],))
+        bad = next((v for v in answers if v not in ("first", "second")), None)
+        if bad is not None:
+            counts[bad] += 1
+            continue
+        a_wins = verdicts[i] == "first"
+        if swapped_verdicts is not None and a_wins != (swapped_verdicts[i] == "second"):
+            counts["inconsistent"] += 1
+            continue
+        counts["labeled"] += 1
+        rows.append({"prompt": p, "chosen": a if a_wins else b, "rejected": b if a_wins else a, "pair_index": i})
+    return rows, counts
+
+
+def judge_label_pairs(judge: Callable, prompts, firsts, seconds, both_orders: bool = False,
+                      counts: Counter | None = None) -> tuple[list[dict], Counter]:
+    """Ask a pairwise judge about every pair (with both_orders, also with the two responses
+    swapped) and turn its answers into preference rows: `judge_verdicts`, then
+    `labels_from_verdicts` (which drops and counts ties, refusals, unparsable and inconsistent
+    answers). Returns (rows, counts). `judges.label_pairs` is this function.
+
+    For K = 2 and an order-blind judge that answers "A" where score(first) > score(second), "B"
+    where it is lower and "tie" otherwise (`judges.verdicts_from_margin`), the rows' (prompt,
+    chosen, rejected) are those of rank-and-pair `label_pairs(prompts, [[first, second], ...],
+    score)` with its default drop_ties (tests/test_labeling.py)."""
+    v1 = judge_verdicts(judge, prompts, firsts, seconds)
+    v2 = judge_verdicts(judge, prompts, seconds, firsts) if both_orders else None
+    return labels_from_verdicts(prompts, firsts, seconds, v1, v2, counts)

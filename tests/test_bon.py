@@ -174,3 +174,42 @@ def test_rejection_sampling_round_takes_the_same_steps_as_before(default):
         assert not new.training
     finally:
         torch.set_default_dtype(before)
+
+
+def test_rejection_sampling_round_with_a_constraint_filter():
+    # CRRAFT (lesson 15): passed_fn keeps, per prompt, the best sample that passes. All passing: the
+    # same steps bit for bit as plain RS; none passing: no step; a filter changes which are kept.
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        tok = load_tokenizer()
+        prompts = [p["prompt"] for p in world.sentiment_prompts(6)]
+        score = lambda s: (s.response_ids < 64).double().sum(-1)
+
+        def run(passed_fn, seed=3):
+            torch.manual_seed(0)
+            policy = models.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2)
+            opt = torch.optim.Adam(policy.parameters(), lr=3e-2)
+            g = torch.Generator().manual_seed(seed)
+            kw = {} if passed_fn is None else {"passed_fn": passed_fn}
+            out = bon.rejection_sampling_round(policy, tok, prompts, score, 4, opt, max_new_tokens=6,
+                                               minibatch_size=4, generator=g, **kw)
+            return policy, out
+
+        plain, out_plain = run(None)
+        every, out_every = run(lambda s: torch.ones(s.sequences.shape[0], dtype=torch.bool))
+        assert out_plain == out_every and out_plain["kept"] == len(prompts)
+        for a, b in zip(plain.parameters(), every.parameters()):
+            assert torch.equal(a, b)
+        torch.manual_seed(0)
+        fresh = models.tiny_gpt2(tok, n_layer=1, n_embd=32, n_head=2)
+        none, out_none = run(lambda s: torch.zeros(s.sequences.shape[0], dtype=torch.bool))
+        assert out_none["kept"] == 0 and math.isnan(out_none["sft_loss"])
+        for a, b in zip(none.parameters(), fresh.parameters()):
+            assert torch.equal(a, b)  # no step taken
+        # only the first sample of every other prompt passes: exactly those are kept
+        odd = lambda s: (torch.arange(s.sequences.shape[0]) % 8) == 0
+        _, out_odd = run(odd)
+        assert out_odd["kept"] == len(prompts) // 2 and out_odd["score_best"] <= out_plain["score_best"]
+    finally:
+        torch.set_default_dtype(before)

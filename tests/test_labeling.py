@@ -1,7 +1,10 @@
 """minirl.labeling: rank-and-pair with any scorer. label_pairs with the gold as the scorer gives
 preference_pairs' rows, lesson 12's RM labeler (preference_pairs per prompt with a lookup table,
 keys renamed) is label_pairs with a batched scorer, variable K per prompt, ties, noise, the
-re-exports from reward_model, and bad input."""
+re-exports from reward_model, and bad input; the pairwise-judge labeling (verdicts, counters) moved here
+from minirl.judges, and its agreement with rank-and-pair."""
+from collections import Counter
+
 import pytest
 import torch
 
@@ -93,3 +96,58 @@ def test_bad_input_raises_value_errors():
         labeling.label_pairs(PROMPTS, RESPONSES, s, flip_rate=0.7)
     with pytest.raises(ValueError, match="must differ"):
         labeling.label_pairs(PROMPTS, RESPONSES, s, score_key="gold", measure=labeling.gold_response_sentiment)
+
+
+# ------------------------------------------------------------------ pairwise judges (moved from minirl.judges)
+
+
+def test_judges_reexports_the_pairwise_labeling_objects():
+    from minirl import judges
+
+    for name in ("VERDICTS", "parse_verdict", "judge_verdicts", "labels_from_verdicts"):
+        assert getattr(judges, name) is getattr(labeling, name), name
+    assert judges.label_pairs is labeling.judge_label_pairs
+
+
+def _score_judge(score):
+    """An order-blind pairwise judge answering from a per-response score, as the lesson's
+    pointwise judge does: "A", "B" or "tie" by the sign of score(first) - score(second)."""
+    from minirl.judges import verdicts_from_margin
+
+    def judge(prompts, firsts, seconds):
+        return verdicts_from_margin(score(prompts, firsts) - score(prompts, seconds))
+    return judge
+
+
+@pytest.mark.parametrize("both_orders", [False, True])
+def test_pairwise_judge_path_agrees_with_rank_and_pair(both_orders):
+    # the same labels either way: a pairwise judge that compares two scores, through
+    # judge_label_pairs, and rank-and-pair label_pairs with that score as the scorer (K = 2)
+    g = torch.Generator().manual_seed(0)
+    n = 40
+    prompts = [PROMPTS[i % 3] for i in range(n)]
+    firsts, seconds = [f" a{i}" for i in range(n)], [f" b{i}" for i in range(n)]
+    table = {y: float(torch.randint(0, 5, (), generator=g)) for y in firsts + seconds}  # ties too
+    score = lambda ps, ys: torch.tensor([table[y] for y in ys], dtype=torch.float64)
+    rows, counts = labeling.judge_label_pairs(_score_judge(score), prompts, firsts, seconds,
+                                              both_orders=both_orders)
+    ranked = labeling.label_pairs(prompts, [[a, b] for a, b in zip(firsts, seconds)], score)
+    key = lambda r: (r["prompt"], r["chosen"], r["rejected"])
+    assert [key(r) for r in rows] == [key(r) for r in ranked]
+    assert [r["pair_index"] for r in rows] == [r["prompt_index"] for r in ranked]
+    n_ties = sum(table[a] == table[b] for a, b in zip(firsts, seconds))
+    assert 0 < n_ties < n and counts == Counter(labeled=n - n_ties, tie=n_ties)
+
+
+def test_judge_label_pairs_is_judge_verdicts_then_labels_from_verdicts():
+    # the moved code keeps its shape: parse every answer, then drop and count the bad ones
+    answers = ["A", "B", "tie", "I cannot judge", "hmm", "[[A]]", "second", "both A and B"]
+    judge = lambda ps, a, b: answers[: len(ps)]
+    prompts = ["write a positive review of the soup:"] * 8
+    firsts, seconds = [f" a{i}" for i in range(8)], [f" b{i}" for i in range(8)]
+    rows, counts = labeling.judge_label_pairs(judge, prompts, firsts, seconds)
+    verdicts = [labeling.parse_verdict(a) for a in answers]
+    assert labeling.judge_verdicts(judge, prompts, firsts, seconds) == verdicts
+    assert (rows, counts) == labeling.labels_from_verdicts(prompts, firsts, seconds, verdicts)
+    assert counts == Counter(labeled=4, tie=1, refusal=1, unparsable=2)
+    assert [(r["chosen"], r["pair_index"]) for r in rows] == [(" a0", 0), (" b1", 1), (" a5", 5), (" b6", 6)]
