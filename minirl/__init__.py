@@ -32,10 +32,11 @@ names the lesson that derives it. Each layer imports only from the layers above 
                    run_loop (the outer loop every train_* shares)                      (issue 9)
     evaluation     evaluate_policy: the reward-KL point with standard errors          (lessons 08-12)
     labeling       rank-and-pair with any batched scorer (gold, reward model,
-                   verifier, judge), preference-pair files                            (lessons 05, 12, 15)
-    judges         AI judges: verdict parsing with counted failures, position /
-                   length / self-preference bias, Constitutional AI revisions,
-                   CGPO's calibrated reward and constraint judges                     (lesson 15)
+                   verifier, judge); a pairwise judge's verdicts parsed into pairs
+                   with counted failures; preference-pair files                       (lessons 05, 12, 15)
+    judges         AI judges: position / length / self-preference bias,
+                   Constitutional AI revisions, CGPO's calibrated reward,
+                   constraint judges, CRPG / CRRAFT filters                           (lesson 15)
     ttc            pass@k, majority and weighted votes, best-of-n selection, and
                    their unbiased estimators from a pool of samples                   (lessons 14, 16)
   algorithms (each: a flat config, a state, a step, a loop with a JSONL log and checkpoints)
@@ -43,7 +44,8 @@ names the lesson that derives it. Each layer imports only from the layers above 
     algos.reinforce  REINFORCE on sequences (lesson 04's loop)                         (lesson 04)
     reward_model   reward-model training and evaluation against a hidden gold         (lesson 05)
     rlhf           PPO-RLHF: rollout, KL-penalized rewards, update, train_ppo          (lesson 08)
-    bon            best-of-n, its exact distribution and KL, rejection sampling        (lesson 09)
+    bon            best-of-n, its exact distribution and KL, rejection sampling
+                   (with a constraint filter: CGPO's CRRAFT)                          (lessons 09, 15)
     dpo            sequence-level DPO helpers and train_dpo                            (lesson 10)
     algos.dpo      the DPO family with the loss as a parameter, online DPO and SPIN
                    rounds                                                             (lessons 10-12)
@@ -51,8 +53,9 @@ names the lesson that derives it. Each layer imports only from the layers above 
   programs and tools
     experiments    `python -m minirl.experiments.gpt2_sentiment | gpt2_rlvr`: the
                    algorithms at GPT-2 scale, --preset tiny (CPU) or gpt2, accelerate  (lesson 17)
-    bench          `python -m minirl.bench` (throughput, a GRPO step);
-    bench_trl_grpo `python -m minirl.bench_trl_grpo` (the same GRPO step in TRL)
+    bench          `python -m minirl.bench` (throughput, algos.grpo's step, --dpo);
+    bench_trl_grpo `python -m minirl.bench_trl_grpo` (that GRPO step against TRL's)
+    bench_trl_dpo  `python -m minirl.bench_trl_dpo` (a DPO epoch against TRL's)
 """
 __version__ = "0.1.0"
 
