@@ -14,6 +14,8 @@ The pipeline, step by step:
                                                   binary cross-entropy (lesson 16)
     evaluate_reward_model(rm, tok, rows)          accuracy vs labels and vs gold, calibration, ECE
     score_texts / reward_scores                   r(x, y), read at the LAST real token
+    outcome_probabilities / outcome_scorer        an ORM's sigma(r(x, y)) = P(right), and the same as a
+                                                  GRPO score_fn (lesson 14)
 
 Label noise (the simulated labeler): a labeler ranks the K responses of a prompt by the gold score
 plus Gumbel noise, `sort(gold / temperature + Gumbel(0, 1))` (a Plackett-Luce ranking). Since the
@@ -268,6 +270,32 @@ def train_outcome_model(rm, tokenizer, prompts, responses, labels, config: Rewar
                 buf = []
     rm.eval()
     return history
+
+
+
+@torch.no_grad()
+def outcome_probabilities(orm, tokenizer, prompts, responses, batch_size: int = 256,
+                          max_len: int = 96) -> torch.Tensor:
+    """An outcome reward model's P(right | x, y) = sigma(r(x, y)) for N (prompt, response) strings:
+    `score_texts` (EOS appended, read at the EOS) through a sigmoid, the probability that
+    `train_outcome_model`'s cross-entropy fits. Returns (N,) in [0, 1], the model's dtype. Any
+    response string, the empty one included, gets a defined value. Leaves the model's train/eval
+    mode as it was."""
+    _check_prompts(prompts)
+    return torch.sigmoid(score_texts(orm, tokenizer, prompts, responses, batch_size=batch_size,
+                                     max_len=max_len))
+
+
+def outcome_scorer(orm, tokenizer, batch_size: int = 256, max_len: int = 96):
+    """An ORM as a reward under the shared contract: score_fn(samples) -> (B,) probabilities
+    `outcome_probabilities(orm, tokenizer, samples.prompts, samples.responses)`, for
+    `minirl.algos.grpo.train_grpo` (as `verifiers.scorer(name)` is for a verifier). It scores the
+    decoded text, like the verifiers, so a response cut at max_new_tokens is scored as if it
+    ended there. No gradient reaches the ORM."""
+    def score(samples) -> torch.Tensor:
+        return outcome_probabilities(orm, tokenizer, list(samples.prompts), list(samples.responses),
+                                     batch_size=batch_size, max_len=max_len)
+    return score
 
 
 

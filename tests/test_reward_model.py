@@ -272,3 +272,34 @@ def test_outcome_model_rejects_bad_input(tok):
         R.train_outcome_model(rm, tok, ["Q: 1+1=?"], [" 2"], [2.0])
     with pytest.raises(ValueError, match="list of str"):
         R.train_outcome_model(rm, tok, "Q: 1+1=?", [" 2"], [1.0])
+
+
+def test_outcome_probabilities_and_scorer(tok, float64_default):
+    # P(right) = sigma(score_texts); the scorer gives the same numbers on a Samples object; any
+    # response (empty, huge number) gets a defined value in [0, 1]
+    from minirl.rollout import Samples
+
+    rm = ScalarHeadModel.from_causal_lm(tiny_gpt2(tok, seed=0, n_layer=1, n_embd=32, n_head=2), seed=1)
+    prompts = ["Q: 6*7+5=?", "Q: 6*7+5=?", "Q: 3+4=?", "Q: 3+4=?"]
+    responses = [" 6*7=42. 42+5=47. A: 47", "", " 3+4=7. A: " + "9" * 60, " A: 7"]
+    p = R.outcome_probabilities(rm, tok, prompts, responses)
+    assert p.shape == (4,) and bool(((p >= 0) & (p <= 1)).all()) and bool(torch.isfinite(p).all())
+    torch.testing.assert_close(p, torch.sigmoid(R.score_texts(rm, tok, prompts, responses)))
+    # batch size does not change the numbers
+    torch.testing.assert_close(R.outcome_probabilities(rm, tok, prompts, responses, batch_size=1), p)
+    samples = Samples(prompts=prompts, responses=responses, generation=None,
+                      has_eos=torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(R.outcome_scorer(rm, tok)(samples), p)
+    rm.train()  # the mode is left as it was
+    torch.testing.assert_close(R.outcome_probabilities(rm, tok, prompts, responses), p)
+    assert rm.training
+
+
+def test_outcome_probabilities_rejects_bad_input(tok):
+    rm = ScalarHeadModel.from_causal_lm(tiny_gpt2(tok, seed=0, n_layer=1, n_embd=16, n_head=2))
+    with pytest.raises(ValueError, match="one response per prompt"):
+        R.outcome_probabilities(rm, tok, ["Q: 1+1=?", "Q: 2+2=?"], [" 2"])
+    with pytest.raises(ValueError, match="list of str"):
+        R.outcome_probabilities(rm, tok, "Q: 1+1=?", [" 2"])
+    with pytest.raises(ValueError, match="non-empty"):
+        R.outcome_probabilities(rm, tok, [], [])
