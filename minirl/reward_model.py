@@ -313,6 +313,34 @@ def pairwise_accuracy(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor
     return float(((d > 0).double() + 0.5 * (d == 0).double()).mean())
 
 
+def right_over_wrong(scores: torch.Tensor, correct: torch.Tensor, within: bool = False) -> float:
+    """How well a score separates right answers from wrong ones: the fraction of (right, wrong)
+    pairs in which the right answer scores higher, a tie counting 1/2 (the area under the ROC
+    curve of `scores` for `correct`; 1/2 is chance).
+
+    scores, correct: (P, n) for n answers to each of P problems (or (N,) for one pool); correct
+    holds 0/1. within=False pairs every right answer with every wrong one, across problems too;
+    within=True only pairs answers to the same problem (row), so a score that knows WHICH
+    QUESTIONS are hard but not which answers are right sits at 1/2 (lesson 14's ORM). Rows
+    without both a right and a wrong answer add no pairs. Raises ValueError if no pair exists."""
+    check_tensor(scores, "scores", floating=True)
+    check_tensor(correct, "correct")
+    if scores.shape != correct.shape or scores.ndim not in (1, 2):
+        raise ValueError(f"scores and correct must be (N,) or (P, n) of one shape, got {tuple(scores.shape)} "
+                         f"and {tuple(correct.shape)}")
+    if not bool(((correct == 0) | (correct == 1)).all()):
+        raise ValueError("correct must hold 0/1 values only")
+    rows = range(scores.shape[0]) if within and scores.ndim == 2 else [slice(None)]
+    pairs = [(scores[i][correct[i] == 1], scores[i][correct[i] == 0]) for i in rows]
+    pairs = [(a, b) for a, b in pairs if a.numel() and b.numel()]
+    if not pairs:
+        raise ValueError("right_over_wrong needs at least one right and one wrong answer"
+                         + (" to the same problem" if within else ""))
+    c = torch.cat([a.repeat_interleave(len(b)) for a, b in pairs])  # every (right, wrong) pair
+    w = torch.cat([b.repeat(len(a)) for a, b in pairs])
+    return pairwise_accuracy(c, w)
+
+
 def calibration_bins(probs: torch.Tensor, outcomes: torch.Tensor, n_bins: int = 10) -> dict:
     """Reliability table of predicted probabilities against observed 0/1 outcomes.
 

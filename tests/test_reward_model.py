@@ -303,3 +303,28 @@ def test_outcome_probabilities_rejects_bad_input(tok):
         R.outcome_probabilities(rm, tok, "Q: 1+1=?", [" 2"])
     with pytest.raises(ValueError, match="non-empty"):
         R.outcome_probabilities(rm, tok, [], [])
+
+
+def test_right_over_wrong_pooled_within_ties_and_errors():
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.3, 0.2, 0.4]], dtype=torch.float64)
+    correct = torch.tensor([[1, 0, 0], [1, 0, 0]])
+    # pooled: rights 0.9, 0.3 against wrongs 0.8, 0.1, 0.2, 0.4 -> 4 + 2 wins of 8 pairs
+    assert R.right_over_wrong(scores, correct) == 6 / 8
+    # within a problem: row 0 wins 2 of 2, row 1 wins 1 of 2
+    assert R.right_over_wrong(scores, correct, within=True) == 3 / 4
+    # by brute force over the pairs, and a score that only knows the row sits at 1/2 within
+    r, w = scores[correct == 1], scores[correct == 0]
+    assert R.right_over_wrong(scores, correct) == (r[:, None] > w[None, :]).double().mean().item()
+    by_row = torch.tensor([[0.7] * 3, [0.2] * 3], dtype=torch.float64)
+    assert R.right_over_wrong(by_row, correct, within=True) == 0.5
+    assert R.right_over_wrong(by_row, correct) == 0.5  # 2 wins, 2 losses, 4 ties of 8
+    # a row with no wrong answer adds no pair
+    assert R.right_over_wrong(scores, torch.tensor([[1, 1, 1], [1, 0, 0]]), within=True) == 0.5
+    with pytest.raises(ValueError, match="at least one right and one wrong"):
+        R.right_over_wrong(scores, torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="same problem"):
+        R.right_over_wrong(scores, torch.tensor([[1, 1, 1], [0, 0, 0]]), within=True)
+    with pytest.raises(ValueError, match="0/1"):
+        R.right_over_wrong(scores, torch.full((2, 3), 2))
+    with pytest.raises(ValueError, match="one shape"):
+        R.right_over_wrong(scores, correct[:, :2])
