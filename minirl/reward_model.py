@@ -123,7 +123,9 @@ def score_texts(rm, tokenizer, prompts, responses, batch_size: int = 256, max_le
                 padding_side: str = "right") -> torch.Tensor:
     """r(x, y) for strings: each (prompt, response) encoded as by `encode_prompt_response` (EOS
     appended, so the score is read at the EOS token), in batches. Returns (N,) in the model's dtype."""
-    _check_prompts(list(prompts))
+    _check_prompts(prompts if isinstance(prompts, str) else list(prompts))  # a bare str is an error
+    if isinstance(responses, str):
+        raise ValueError("responses must be a list of str, one per prompt, got a single str")
     if len(responses) != len(prompts):
         raise ValueError(f"need one response per prompt, got {len(responses)} responses for {len(prompts)} prompts")
     was_training = rm.training

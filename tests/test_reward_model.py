@@ -328,3 +328,11 @@ def test_right_over_wrong_pooled_within_ties_and_errors():
         R.right_over_wrong(scores, torch.full((2, 3), 2))
     with pytest.raises(ValueError, match="one shape"):
         R.right_over_wrong(scores, correct[:, :2])
+
+
+def test_score_texts_rejects_a_bare_string(tok):
+    rm = ScalarHeadModel.from_causal_lm(tiny_gpt2(tok, seed=0, n_layer=1, n_embd=32, n_head=2), seed=0)
+    with pytest.raises(ValueError, match="non-empty list of str"):
+        R.score_texts(rm, tok, "write a review:", [" good."])
+    with pytest.raises(ValueError, match="single str"):
+        R.score_texts(rm, tok, ["write a review:"], " good.")
