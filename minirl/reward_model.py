@@ -274,7 +274,6 @@ def train_outcome_model(rm, tokenizer, prompts, responses, labels, config: Rewar
     return history
 
 
-
 @torch.no_grad()
 def outcome_probabilities(orm, tokenizer, prompts, responses, batch_size: int = 256,
                           max_len: int = 96) -> torch.Tensor:
@@ -282,8 +281,7 @@ def outcome_probabilities(orm, tokenizer, prompts, responses, batch_size: int = 
     `score_texts` (EOS appended, read at the EOS) through a sigmoid, the probability that
     `train_outcome_model`'s cross-entropy fits. Returns (N,) in [0, 1], the model's dtype. Any
     response string, the empty one included, gets a defined value. Leaves the model's train/eval
-    mode as it was."""
-    _check_prompts(prompts)
+    mode as it was. Bad input is rejected by `score_texts`."""
     return torch.sigmoid(score_texts(orm, tokenizer, prompts, responses, batch_size=batch_size,
                                      max_len=max_len))
 
@@ -293,7 +291,9 @@ def outcome_scorer(orm, tokenizer, batch_size: int = 256, max_len: int = 96):
     `outcome_probabilities(orm, tokenizer, samples.prompts, samples.responses)`, for
     `minirl.algos.grpo.train_grpo` (as `verifiers.scorer(name)` is for a verifier). It scores the
     decoded text, like the verifiers, so a response cut at max_new_tokens is scored as if it
-    ended there. No gradient reaches the ORM."""
+    ended there. No gradient reaches the ORM. (`rollout.reward_model_scorer` reads the sampled
+    token ids instead, at each row's last real token; an ORM trained by `train_outcome_model` saw
+    the text with EOS appended, which is what this scorer feeds it.)"""
     def score(samples) -> torch.Tensor:
         return outcome_probabilities(orm, tokenizer, list(samples.prompts), list(samples.responses),
                                      batch_size=batch_size, max_len=max_len)
